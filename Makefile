@@ -1,0 +1,36 @@
+# Two user-facing commands (see README):
+#   make book   install into .venv if needed, execute every notebook with papermill, build the HTML book
+#   make test   install into .venv if needed, run the test suite (CI runs exactly this)
+# Everything else here is a helper of those two.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+# Executed notebooks and their metrics/figures land in book/_generated; the book reads them.
+PYTEST_ARGS ?= -m "not slow and not gpu"
+
+.PHONY: book test notebooks html venv clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e .
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (equidiff)" >/dev/null
+	touch $(STAMP)
+
+notebooks: $(STAMP)
+	$(PY) -m equidiff.build notebooks --book book
+
+html: $(STAMP)
+	$(PY) -m equidiff.build html --book book
+
+book: notebooks html
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf book/_generated book/_build book/_extra
