@@ -1,0 +1,460 @@
+"""Thesis Algorithm 1 (Appendix .1): invariant-set generation by optimising the starting noise.
+
+``find_invariants(objective, query, prior, config)`` draws ``z_T`` for ``config.n_samples``
+samples, maps each through a differentiable prior ``z_T -> x`` (a deterministic diffusion
+sampler, or :class:`IdentityPrior` for "no prior"), and optimises ``z_T`` until
+``λ(||L(x) − L(x*)||² + ||L(F(x)) − L(x*)||²) < τ`` or the step budget ``B`` is spent.
+
+Samples are optimised as one batch, but each is independent: every loss term and both
+optimisers act element-wise, a converged sample is frozen (no longer run through the prior,
+its ``z_T`` no longer changes) and the batch shrinks as samples converge.
+
+``iterate_invariants`` is the same loop as a generator yielding a :class:`StepState` per step,
+so notebooks can plot convergence without a second code path; ``find_invariants`` consumes it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Optional
+
+import torch
+
+from .objectives import Objective
+
+__all__ = [
+    "InvariantConfig",
+    "InvariantResult",
+    "StepState",
+    "IdentityPrior",
+    "find_invariants",
+    "iterate_invariants",
+]
+
+_OPTIMIZERS = ("adam", "sgd", "newton")
+_REDUCTIONS = ("sum", "mean")
+
+
+def _bad(field_name: str, value, allowed: str) -> ValueError:
+    return ValueError(f"{field_name} must be {allowed}, got {value!r}")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+@dataclass
+class InvariantConfig:
+    """Settings of Algorithm 1. Every field is validated; a bad value raises ``ValueError``."""
+
+    n_samples: int = 32  # number of invariant samples (independent starting latents z_T)
+    steps: int = 200  # step budget B: optimiser steps at most per sample
+    tau: float = 0.01  # loss threshold τ; a sample whose loss is below it is converged and frozen
+    optimizer: str = "adam"  # "adam", "sgd" (the thesis: SGD, lr = 10) or "newton" (scalar objectives only)
+    lr: float = 0.1  # learning rate η
+    momentum: float = 0.0  # SGD momentum in [0, 1); ignored by Adam
+    step_size: float = 1.0  # λ: scales the combined loss (Algorithm 1, line 20)
+    lowpass_cutoff: Optional[float] = None  # cutoff of the low-pass filter F in (0, 1]; None: no filtered term
+    reduction: str = "sum"  # "sum": ||L(x) − y*||² as in Algorithm 1; "mean": divided by m
+    keep_norm: bool = False  # rescale each z_T to its initial norm after every step (keeps z_T typical)
+    repulsion: float = 0.0  # ≥ 0: weight of a Gaussian repulsion between samples' outputs (spreads few points)
+    repulsion_scale: float = 0.1  # > 0: length scale of that repulsion, in units of x
+    seed: int = 0  # seed of the torch.Generator that draws z_T
+    progress: bool = False  # show a tqdm progress bar
+    checkpoint_path: Optional[str] = None  # file to write resumable state to (and resume from)
+    checkpoint_every: int = 0  # write the checkpoint every k steps (0: never)
+
+    def __post_init__(self):
+        if not _is_int(self.n_samples) or self.n_samples < 1:
+            raise _bad("n_samples", self.n_samples, "an integer ≥ 1")
+        if not _is_int(self.steps) or self.steps < 0:
+            raise _bad("steps", self.steps, "an integer ≥ 0 (the step budget B)")
+        if not _is_num(self.tau) or self.tau <= 0:
+            raise _bad("tau", self.tau, "a finite number > 0")
+        if self.optimizer not in _OPTIMIZERS:
+            raise _bad("optimizer", self.optimizer, f"one of {_OPTIMIZERS}")
+        if not _is_num(self.lr) or self.lr <= 0:
+            raise _bad("lr", self.lr, "a finite number > 0")
+        if not _is_num(self.momentum) or not (0 <= self.momentum < 1):
+            raise _bad("momentum", self.momentum, "a number in [0, 1)")
+        if not _is_num(self.step_size) or self.step_size <= 0:
+            raise _bad("step_size", self.step_size, "a finite number > 0 (λ)")
+        if self.lowpass_cutoff is not None and (
+            not _is_num(self.lowpass_cutoff) or not (0 < self.lowpass_cutoff <= 1)
+        ):
+            raise _bad("lowpass_cutoff", self.lowpass_cutoff, "None or a number in (0, 1] (fraction of Nyquist)")
+        if self.reduction not in _REDUCTIONS:
+            raise _bad("reduction", self.reduction, f"one of {_REDUCTIONS}")
+        if not isinstance(self.keep_norm, bool):
+            raise _bad("keep_norm", self.keep_norm, "True or False")
+        if not _is_num(self.repulsion) or self.repulsion < 0:
+            raise _bad("repulsion", self.repulsion, "a finite number ≥ 0")
+        if not _is_num(self.repulsion_scale) or self.repulsion_scale <= 0:
+            raise _bad("repulsion_scale", self.repulsion_scale, "a finite number > 0")
+        if not _is_int(self.seed) or self.seed < 0:
+            raise _bad("seed", self.seed, "an integer ≥ 0")
+        if not isinstance(self.progress, bool):
+            raise _bad("progress", self.progress, "True or False")
+        if not _is_int(self.checkpoint_every) or self.checkpoint_every < 0:
+            raise _bad("checkpoint_every", self.checkpoint_every, "an integer ≥ 0")
+        if self.optimizer == "newton" and (self.lowpass_cutoff is not None or self.repulsion > 0):
+            raise _bad(
+                "optimizer", self.optimizer,
+                "'adam' or 'sgd' when lowpass_cutoff or repulsion is set ('newton' takes neither)",
+            )
+        if self.checkpoint_every > 0 and not self.checkpoint_path:
+            raise _bad("checkpoint_path", self.checkpoint_path, "a file path when checkpoint_every > 0")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def _identity(self) -> dict:
+        """Fields that must match for a checkpoint to be resumed."""
+        d = self.to_dict()
+        for k in ("progress", "checkpoint_path", "checkpoint_every", "steps"):
+            d.pop(k)
+        return d
+
+
+class IdentityPrior:
+    """The "no prior" case: x = z. Starting points are drawn inside a box or from N(0, scale²)."""
+
+    def __init__(self, shape, init: str = "normal", scale: float = 1.0, low=-1.0, high=1.0):
+        if init not in ("normal", "uniform"):
+            raise _bad("init", init, "'normal' or 'uniform'")
+        self.shape = tuple(int(s) for s in shape)
+        self.init, self.scale, self.low, self.high = init, float(scale), low, high
+
+    def sample_latents(self, n: int, generator: torch.Generator, device=None) -> torch.Tensor:
+        z = torch.rand if self.init == "uniform" else torch.randn
+        out = z((n, *self.shape), generator=generator)
+        if self.init == "uniform":
+            low = torch.as_tensor(self.low, dtype=out.dtype)
+            high = torch.as_tensor(self.high, dtype=out.dtype)
+            out = low + (high - low) * out
+        else:
+            out = out * self.scale
+        return out.to(device) if device is not None else out
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        return z
+
+    def __repr__(self):
+        return f"IdentityPrior(shape={self.shape}, init={self.init!r})"
+
+
+@dataclass
+class StepState:
+    """What the loop reports after evaluating step ``step`` (before its optimiser update)."""
+
+    step: int
+    loss: torch.Tensor  # (N,) latest loss of every sample (frozen samples keep their final loss)
+    active: torch.Tensor  # (N,) bool: still being optimised after this step
+    converged: torch.Tensor  # (N,) bool
+    z_norm: torch.Tensor  # (N,) |z_T| per sample
+
+
+@dataclass
+class InvariantResult:
+    """Output of Algorithm 1 for one query."""
+
+    x: torch.Tensor  # (N, ...) final samples (for converged samples: x at convergence)
+    z: torch.Tensor  # (N, ...) optimised starting latents z_T
+    z_init: torch.Tensor  # (N, ...) starting latents as drawn
+    measurements: torch.Tensor  # (N, m) L(x)
+    target: torch.Tensor  # (1, m) L(x*)
+    loss: torch.Tensor  # (N,) final total loss λ(loss1 + loss2)
+    converged: torch.Tensor  # (N,) bool: loss < τ within the budget
+    steps_to_converge: torch.Tensor  # (N,) optimiser steps used; -1 where not converged
+    history: dict  # per step: loss_mean, loss_max, n_active, z_norm_mean (lists of floats)
+    config: InvariantConfig
+    description: str  # the objective's description
+    seconds: float  # wall time of the loop
+
+    @property
+    def success_rate(self) -> float:
+        return float(self.converged.float().mean())
+
+    def summary(self) -> dict:
+        done = self.steps_to_converge[self.converged].float()
+        return {
+            "objective": self.description,
+            "n": int(self.converged.numel()),
+            "success_rate": self.success_rate,
+            "loss_mean": float(self.loss.mean()),
+            "loss_max": float(self.loss.max()),
+            "steps_median": float(done.median()) if done.numel() else None,
+            "steps_max": int(done.max()) if done.numel() else None,
+            "seconds": self.seconds,
+        }
+
+
+def _make_optimizer(params, cfg: InvariantConfig):
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum)
+    if cfg.optimizer == "newton":
+        return torch.optim.SGD(params, lr=cfg.lr)  # placeholder for state_dict(); steps are taken by hand
+    return torch.optim.Adam(params, lr=cfg.lr)
+
+
+def _per_sample_sq(m: torch.Tensor, target: torch.Tensor, reduction: str) -> torch.Tensor:
+    d = (m - target) ** 2  # (B, m)
+    return d.sum(1) if reduction == "sum" else d.mean(1)
+
+
+def _repulsion(x_active: torch.Tensor, x_all: torch.Tensor, idx: torch.Tensor, scale: float):
+    """Σ_i Σ_{j≠i} exp(−|x_i − x_j|² / 2s²) between active samples and all others."""
+    a = x_active.flatten(1)
+    b = x_all.flatten(1)
+    d2 = torch.cdist(a, b) ** 2  # (A, N)
+    k = torch.exp(-d2 / (2 * scale**2))
+    k = k.masked_fill(torch.nn.functional.one_hot(idx, b.shape[0]).bool(), 0.0)
+    return k.sum()
+
+
+def _save_checkpoint(ckpt, cfg, step, z, z_init, opt, active, converged, steps_to, loss, x, m, history):
+    """Write the resumable state after step ``step`` every ``checkpoint_every`` steps."""
+    if not (ckpt and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0):
+        return
+    tmp = ckpt + ".tmp"
+    torch.save(
+        {
+            "config": cfg._identity(),
+            "z": z.detach(),
+            "z_init": z_init,
+            "optimizer": opt.state_dict(),
+            "active": active,
+            "converged": converged,
+            "steps_to": steps_to,
+            "loss": loss,
+            "x": x,
+            "m": m,
+            "history": history,
+            "next_step": step + 1,
+        },
+        tmp,
+    )
+    os.replace(tmp, ckpt)  # atomic: a kill mid-write never leaves a broken checkpoint
+
+
+def iterate_invariants(
+    objective: Objective | Callable[[torch.Tensor], torch.Tensor],
+    query: torch.Tensor,
+    prior=None,
+    config: InvariantConfig | None = None,
+    *,
+    z_init: torch.Tensor | None = None,
+    filter: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    target: torch.Tensor | None = None,
+    _out: dict | None = None,
+) -> Iterator[StepState]:
+    """Algorithm 1 as a generator; see :func:`find_invariants` for the arguments."""
+    cfg = config or InvariantConfig()
+    if not isinstance(cfg, InvariantConfig):
+        raise TypeError(f"config must be an InvariantConfig, got {type(cfg).__name__}")
+    if not isinstance(query, torch.Tensor) or query.dim() < 2 or query.shape[0] != 1:
+        shape = tuple(query.shape) if isinstance(query, torch.Tensor) else type(query).__name__
+        raise ValueError(f"query must be one input with a batch dimension, shape (1, ...), got {shape}")
+    if prior is None:
+        prior = IdentityPrior(query.shape[1:])
+    if filter is None and cfg.lowpass_cutoff is not None:
+        from .filters import lowpass
+
+        cutoff = cfg.lowpass_cutoff
+        filter = lambda x: lowpass(x, cutoff)  # noqa: E731
+
+    # Algorithm 1, line 2: store the target invariant value y* = L(x*).
+    with torch.no_grad():
+        tgt = objective(query) if target is None else target
+    tgt = tgt.detach().reshape(1, -1)  # (1, m)
+    if cfg.optimizer == "newton" and tgt.shape[1] != 1:
+        raise ValueError(
+            f"optimizer 'newton' needs a scalar objective (m = 1), this one measures m = {tgt.shape[1]} values"
+        )
+    if not torch.isfinite(tgt).all():
+        raise ValueError("objective(query) is not finite; the target L(x*) must be a finite vector")
+
+    # Algorithm 1, line 1: draw the starting latents z_T ~ N(0, I) from a seeded generator.
+    gen = torch.Generator().manual_seed(cfg.seed)
+    if z_init is None:
+        z_init = prior.sample_latents(cfg.n_samples, gen)
+    z_init = z_init.to(query.device)
+    if z_init.shape[0] != cfg.n_samples:
+        raise ValueError(
+            f"z_init must hold n_samples={cfg.n_samples} latents, got shape {tuple(z_init.shape)}"
+        )
+    n = cfg.n_samples
+    z = z_init.detach().clone().requires_grad_(True)  # (N, ...) the only trainable tensor
+    opt = _make_optimizer([z], cfg)  # Algorithm 1, line 6
+    init_norm = z_init.flatten(1).norm(dim=1)  # (N,)
+
+    active = torch.ones(n, dtype=torch.bool)
+    converged = torch.zeros(n, dtype=torch.bool)
+    steps_to = torch.full((n,), -1, dtype=torch.long)
+    loss_all = torch.full((n,), float("inf"))
+    x_all: torch.Tensor | None = None
+    m_all: torch.Tensor | None = None
+    history = {"loss_mean": [], "loss_max": [], "n_active": [], "z_norm_mean": []}
+    start = 0
+
+    ckpt = cfg.checkpoint_path
+    if ckpt and os.path.exists(ckpt):
+        state = torch.load(ckpt, weights_only=True)
+        if state["config"] != cfg._identity():
+            diff = sorted(k for k in state["config"] if state["config"][k] != cfg._identity().get(k))
+            raise ValueError(
+                f"checkpoint_path {ckpt!r} was written with other settings (differs in {diff}); "
+                "use another path or delete the file"
+            )
+        with torch.no_grad():
+            z.copy_(state["z"])
+        z_init = state["z_init"]
+        opt.load_state_dict(state["optimizer"])
+        active, converged, steps_to = state["active"], state["converged"], state["steps_to"]
+        loss_all, x_all, m_all = state["loss"], state["x"], state["m"]
+        history = state["history"]
+        start = state["next_step"]
+
+    bar = None
+    if cfg.progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=start, desc="invariant samples", unit="step")
+
+    t0 = time.perf_counter()
+    step = start
+    for step in range(start, cfg.steps + 1):
+        if not active.any():
+            break
+        idx = active.nonzero().squeeze(1)  # samples still being optimised
+        # Lines 9-14: reset to z_T and run the (checkpointed) deterministic sampler; decode.
+        x = prior(z[idx])  # (A, ...)
+        # Lines 15-20: dual (unfiltered + filtered) loss with step size λ.
+        meas = objective(x)  # (A, m)
+        loss = _per_sample_sq(meas, tgt, cfg.reduction)
+        if filter is not None:
+            loss = loss + _per_sample_sq(objective(filter(x)), tgt, cfg.reduction)
+        total = cfg.step_size * loss  # (A,)
+        bad = ~torch.isfinite(total.detach())
+        if bad.any():
+            raise FloatingPointError(
+                f"loss is not finite at step {step} for samples {idx[bad].tolist()}; "
+                "lower lr, or check the prior and objective for overflow"
+            )
+
+        if x_all is None:
+            x_all = torch.zeros((n, *x.shape[1:]), dtype=x.dtype, device=x.device)
+            m_all = torch.zeros((n, meas.shape[1]), dtype=meas.dtype, device=meas.device)
+        x_all[idx] = x.detach()
+        m_all[idx] = meas.detach()
+        loss_all[idx] = total.detach().cpu()
+
+        # Lines 21-23: per-sample early stop. A converged sample is frozen from here on.
+        done = (total.detach() < cfg.tau).cpu()
+        converged[idx[done]] = True
+        steps_to[idx[done]] = step
+        active[idx[done]] = False
+        if step == cfg.steps:
+            active[:] = False  # budget spent
+
+        z_norm = z.detach().flatten(1).norm(dim=1).cpu()
+        history["loss_mean"].append(float(loss_all.mean()))
+        history["loss_max"].append(float(loss_all.max()))
+        history["n_active"].append(int(active.sum()))
+        history["z_norm_mean"].append(float(z_norm.mean()))
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(active=int(active.sum()), loss=f"{float(loss_all.max()):.3g}")
+        yield StepState(step, loss_all.clone(), active.clone(), converged.clone(), z_norm)
+
+        if not active.any():
+            break
+        # Lines 24-26: backward to z_T, optimiser step, zero grad.
+        keep = ~done
+        rows = idx[keep]  # samples that take a step
+        if cfg.optimizer == "newton":
+            # Newton–Raphson on the level-set residual r = L(x) − y*: z ← z − η r ∇r / |∇r|²,
+            # the minimum-norm step onto the linearised level set (a Gauss–Newton step).
+            r = (meas - tgt).squeeze(1)[keep]  # (K,)
+            (g,) = torch.autograd.grad(r.sum(), z)
+            with torch.no_grad():
+                gi = g[rows].flatten(1)  # (K, d)
+                scale_ = r.detach() / gi.pow(2).sum(1).clamp(min=1e-12)
+                z[rows] = z[rows] - cfg.lr * (scale_[:, None] * gi).view_as(z[rows])
+        else:
+            obj = total[keep].sum()
+            if cfg.repulsion > 0:
+                x_ref = x_all.clone()
+                x_ref[idx] = x
+                obj = obj + cfg.repulsion * _repulsion(x[keep], x_ref, rows, cfg.repulsion_scale)
+            opt.zero_grad(set_to_none=True)
+            obj.backward()
+            frozen = ~active
+            with torch.no_grad():
+                saved = z[frozen].clone()
+                opt.step()
+                z[frozen] = saved  # frozen samples do not move (Adam momentum would move them)
+        if cfg.keep_norm:  # keep z_T typical: back onto its initial norm (as DiG-IN does)
+            with torch.no_grad():
+                cur = z[rows].flatten(1).norm(dim=1).clamp(min=1e-12)
+                z[rows] = z[rows] * (init_norm[rows] / cur).view(-1, *([1] * (z.dim() - 1)))
+
+        _save_checkpoint(ckpt, cfg, step, z, z_init, opt, active, converged, steps_to, loss_all, x_all, m_all, history)
+
+    if bar is not None:
+        bar.close()
+    if _out is not None:
+        _out["result"] = InvariantResult(
+            x=x_all,
+            z=z.detach(),
+            z_init=z_init,
+            measurements=m_all,
+            target=tgt,
+            loss=loss_all,
+            converged=converged,
+            steps_to_converge=steps_to,
+            history=history,
+            config=cfg,
+            description=getattr(objective, "description", getattr(objective, "__name__", "objective")),
+            seconds=time.perf_counter() - t0,
+        )
+
+
+def find_invariants(
+    objective: Objective | Callable[[torch.Tensor], torch.Tensor],
+    query: torch.Tensor,
+    prior=None,
+    config: InvariantConfig | None = None,
+    *,
+    z_init: torch.Tensor | None = None,
+    filter: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    target: torch.Tensor | None = None,
+) -> InvariantResult:
+    """Sample members of IS(x*) = {x : L(x) = L(x*)} (thesis Eq. 3.1) with Algorithm 1.
+
+    Parameters
+    ----------
+    objective: the measurement L, ``(B, ...) -> (B, m)``.
+    query: the query x*, shape ``(1, ...)``.
+    prior: differentiable map ``z_T -> x`` with ``sample_latents(n, generator)``;
+        ``None`` means no prior (x = z, started from N(0, I) in the query's shape).
+    config: :class:`InvariantConfig`.
+    z_init: optional starting latents (N, ...) instead of drawing them.
+    filter: the low-pass filter F of the dual loss; by default built from
+        ``config.lowpass_cutoff`` (no filtered term when that is None).
+    target: optional target y* instead of ``objective(query)``.
+    """
+    out: dict = {}
+    for _ in iterate_invariants(
+        objective, query, prior, config, z_init=z_init, filter=filter, target=target, _out=out
+    ):
+        pass
+    return out["result"]

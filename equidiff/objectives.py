@@ -1,0 +1,164 @@
+"""Objectives: small composable callables x -> measurement (B, m).
+
+The invariant set of a query x* under an objective L is IS(x*) = {x : L(x) = L(x*)}
+(thesis Eq. 3.1). Every objective here is built by a named factory, maps a batch of inputs
+to a ``(B, m)`` tensor, carries a human-readable ``description`` that figures use as a
+caption, and can be combined: ``a + b`` concatenates measurements (the invariant set of the
+pair is the intersection of both level sets, thesis Appendix .2.2), ``w * a`` weights one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+__all__ = [
+    "Objective",
+    "from_function",
+    "logits",
+    "probabilities",
+    "class_logit",
+    "class_probability",
+    "concat",
+    "lowpassed",
+    "capture_activation",
+]
+
+
+class Objective:
+    """A differentiable measurement ``x -> (B, m)`` with a caption.
+
+    Parameters
+    ----------
+    fn:
+        Callable mapping a batch ``(B, ...)`` to a tensor; it is flattened to ``(B, m)``.
+    description:
+        Human-readable name used in figure captions and metrics files.
+    """
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], description: str):
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+        if not isinstance(description, str) or not description.strip():
+            raise ValueError(f"description must be a non-empty string, got {description!r}")
+        self._fn = fn
+        self.description = description
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"objective input must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() < 2:
+            raise ValueError(
+                f"objective input must be a batch with shape (B, ...), got shape {tuple(x.shape)}"
+            )
+        out = self._fn(x)
+        return out.reshape(out.shape[0], -1)  # (B, m)
+
+    def __add__(self, other: "Objective") -> "Objective":
+        return concat(self, other)
+
+    def __mul__(self, weight: float) -> "Objective":
+        weight = float(weight)
+        return Objective(lambda x: weight * self(x), f"{weight:g} × {self.description}")
+
+    __rmul__ = __mul__
+
+    def __repr__(self) -> str:
+        return f"Objective({self.description!r})"
+
+
+def from_function(fn: Callable[[torch.Tensor], torch.Tensor], description: str) -> Objective:
+    """Wrap any differentiable function as an objective."""
+    return Objective(fn, description)
+
+
+def concat(*objectives: Objective) -> Objective:
+    """Measure several objectives at once; the invariant set is the intersection (App. .2.2)."""
+    if not objectives:
+        raise ValueError("concat needs at least one objective")
+    return Objective(
+        lambda x: torch.cat([o(x) for o in objectives], dim=1),
+        " + ".join(o.description for o in objectives),
+    )
+
+
+def logits(model: nn.Module, name: str | None = None) -> Objective:
+    """All output logits of a classifier: (B, n_classes)."""
+    return Objective(lambda x: model(x), f"logits of {name or type(model).__name__}")
+
+
+def probabilities(model: nn.Module, name: str | None = None) -> Objective:
+    """The full softmax output distribution of a classifier: (B, n_classes)."""
+    return Objective(
+        lambda x: torch.softmax(model(x), dim=1),
+        f"class probabilities of {name or type(model).__name__}",
+    )
+
+
+def class_logit(model: nn.Module, index: int = 0, name: str | None = None) -> Objective:
+    """One output logit (for a single-output model, its only logit): (B, 1).
+
+    Optimise the logit rather than the probability: the sigmoid/softmax saturates far from the
+    decision boundary and its gradient vanishes there.
+    """
+    _check_index(index)
+    return Objective(
+        lambda x: model(x)[:, index : index + 1], f"logit {index} of {name or type(model).__name__}"
+    )
+
+
+def class_probability(model: nn.Module, index: int, name: str | None = None) -> Objective:
+    """Softmax probability of one class (sigmoid for a one-output model): (B, 1)."""
+    _check_index(index)
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        out = model(x)
+        if out.shape[1] == 1:
+            if index != 0:
+                raise ValueError(f"index must be 0 for a single-output model, got {index}")
+            return torch.sigmoid(out)
+        if index >= out.shape[1]:
+            raise ValueError(
+                f"index must be in [0, {out.shape[1] - 1}] for this model, got {index}"
+            )
+        return torch.softmax(out, dim=1)[:, index : index + 1]
+
+    return Objective(fn, f"p(class {index}) of {name or type(model).__name__}")
+
+
+def lowpassed(objective: Objective, cutoff: float) -> Objective:
+    """The objective measured on the ideal low-pass filtered input (thesis Appendix .4)."""
+    from .filters import lowpass, check_cutoff
+
+    check_cutoff(cutoff)
+    return Objective(
+        lambda x: objective(lowpass(x, cutoff)), f"{objective.description} (low-pass {cutoff:g})"
+    )
+
+
+def _check_index(index: int) -> None:
+    if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+        raise ValueError(f"index must be a non-negative integer, got {index!r}")
+
+
+@contextlib.contextmanager
+def capture_activation(module: nn.Module) -> Iterator[dict]:
+    """Record ``module``'s output while the block runs; the hook is always removed on exit.
+
+    >>> with capture_activation(model.layer4) as store:
+    ...     model(x)
+    ...     act = store["output"]
+    """
+    store: dict = {}
+
+    def hook(_mod, _inp, out):
+        store["output"] = out
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield store
+    finally:
+        handle.remove()

@@ -1,0 +1,207 @@
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from torch import nn
+
+from equidiff import objectives as O
+from equidiff.invariants import IdentityPrior, InvariantConfig, find_invariants, iterate_invariants
+
+
+def _setup():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 2))
+    for p in model.parameters():
+        p.requires_grad_(False)
+    query = torch.randn(1, 4)
+    return O.logits(model, "mlp"), query
+
+
+@pytest.mark.parametrize("opt,lr", [("adam", 0.05), ("sgd", 0.2)])
+def test_loss_goes_down_and_samples_meet_tau(opt, lr):
+    obj, q = _setup()
+    cfg = InvariantConfig(n_samples=16, steps=400, tau=1e-4, optimizer=opt, lr=lr, seed=1)
+    res = find_invariants(obj, q, None, cfg)
+    h = res.history["loss_mean"]
+    assert h[-1] < h[0] * 1e-2
+    assert res.success_rate == 1.0
+    # every returned sample is really under τ: recompute from the returned x
+    recomputed = ((obj(res.x) - obj(q)) ** 2).sum(1)
+    assert torch.all(recomputed < cfg.tau)
+    assert torch.allclose(recomputed, res.loss, atol=1e-7)
+    assert torch.all(res.steps_to_converge >= 0)
+
+
+def test_unconverged_samples_are_reported_not_hidden():
+    obj, q = _setup()
+    cfg = InvariantConfig(n_samples=8, steps=3, tau=1e-9, lr=0.01, seed=0)
+    res = find_invariants(obj, q, None, cfg)
+    assert not res.converged.all()
+    assert torch.all(res.loss[~res.converged] >= cfg.tau)
+    assert torch.all(res.steps_to_converge[~res.converged] == -1)
+    assert res.summary()["success_rate"] == res.success_rate
+
+
+def test_frozen_sample_stops_changing():
+    obj, q = _setup()
+    z0 = torch.randn(4, 4, generator=torch.Generator().manual_seed(3))
+    z0[0] = q[0]  # sample 0 starts on the invariant set: converged at step 0
+    cfg = InvariantConfig(n_samples=4, steps=50, tau=1e-6, lr=0.05)
+    states = list(iterate_invariants(obj, q, None, cfg, z_init=z0))
+    assert not states[0].active[0] and states[0].converged[0]
+    res = find_invariants(obj, q, None, cfg, z_init=z0)
+    assert torch.equal(res.z[0], z0[0])  # Adam's momentum did not move it
+    assert res.steps_to_converge[0] == 0
+    assert not torch.equal(res.z[1], z0[1])
+
+
+def test_batched_equals_one_by_one():
+    obj, q = _setup()
+    cfg = InvariantConfig(n_samples=6, steps=60, tau=1e-5, lr=0.05, seed=2)
+    batch = find_invariants(obj, q, None, cfg)
+    for i in range(6):
+        one = find_invariants(obj, q, None, InvariantConfig(n_samples=1, steps=60, tau=1e-5, lr=0.05),
+                              z_init=batch.z_init[i : i + 1])
+        assert torch.allclose(one.z[0], batch.z[i], atol=1e-5)
+        assert one.steps_to_converge[0] == batch.steps_to_converge[i]
+
+
+def test_same_seed_same_result_and_keep_norm():
+    obj, q = _setup()
+    cfg = InvariantConfig(n_samples=4, steps=20, lr=0.1, seed=5, keep_norm=True)
+    a = find_invariants(obj, q, None, cfg)
+    b = find_invariants(obj, q, None, cfg)
+    assert torch.equal(a.z, b.z)
+    assert torch.allclose(a.z.norm(dim=1), a.z_init.norm(dim=1), atol=1e-5)
+
+
+def test_newton_converges_in_few_steps_on_scalar_objective():
+    obj, q = _setup()
+    scalar = O.Objective(lambda x: obj(x)[:, :1], "first logit")
+    cfg = InvariantConfig(n_samples=32, steps=30, tau=1e-8, optimizer="newton", lr=1.0)
+    res = find_invariants(scalar, q, None, cfg)
+    assert res.success_rate == 1.0
+    assert res.steps_to_converge.max() <= 15
+    with pytest.raises(ValueError, match=r"'newton' needs a scalar objective \(m = 1\).*m = 2"):
+        find_invariants(obj, q, None, cfg)
+
+
+def test_lowpass_term_is_added():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 1))
+    obj = O.logits(model)
+    q = torch.randn(1, 1, 8, 8)
+    z0 = torch.randn(2, 1, 8, 8)
+    plain = find_invariants(obj, q, None, InvariantConfig(n_samples=2, steps=0), z_init=z0)
+    dual = find_invariants(obj, q, None, InvariantConfig(n_samples=2, steps=0, lowpass_cutoff=0.5), z_init=z0)
+    from equidiff.filters import lowpass
+
+    extra = ((obj(lowpass(z0, 0.5)) - obj(q)) ** 2).sum(1)
+    assert torch.allclose(dual.loss, plain.loss + extra, atol=1e-5)
+
+
+def test_nan_loss_names_step_and_samples():
+    def fn(x):
+        out = x.sum(1, keepdim=True)
+        return torch.where(torch.arange(len(x))[:, None] == 1, out / 0 * 0, out)
+
+    obj = O.Objective(fn, "breaks on sample 1")
+    with pytest.raises(FloatingPointError, match=r"not finite at step 0 for samples \[1\]"):
+        find_invariants(obj, torch.zeros(1, 3), None, InvariantConfig(n_samples=3, steps=5))
+
+
+def test_resume_after_interruption_gives_same_result(tmp_path):
+    obj, q = _setup()
+    ck = str(tmp_path / "run.ckpt")
+    cfg = InvariantConfig(n_samples=8, steps=80, tau=1e-6, lr=0.05, seed=4, checkpoint_path=ck, checkpoint_every=5)
+    full = find_invariants(obj, q, None, InvariantConfig(n_samples=8, steps=80, tau=1e-6, lr=0.05, seed=4))
+    for s in iterate_invariants(obj, q, None, cfg):
+        if s.step == 23:
+            break  # interrupted: the last checkpoint is after step 19
+    assert os.path.exists(ck)
+    resumed = find_invariants(obj, q, None, cfg)
+    assert torch.equal(resumed.z, full.z)
+    assert torch.equal(resumed.converged, full.converged)
+    assert torch.equal(resumed.steps_to_converge, full.steps_to_converge)
+    other = InvariantConfig(n_samples=8, steps=80, tau=1e-6, lr=0.5, seed=4, checkpoint_path=ck, checkpoint_every=5)
+    with pytest.raises(ValueError, match=r"written with other settings \(differs in \['lr'\]\)"):
+        find_invariants(obj, q, None, other)
+
+
+def test_killed_process_resumes(tmp_path):
+    """SIGKILL a real process mid-run; a second process resumes to the uninterrupted result."""
+    ck = tmp_path / "run.ckpt"
+    script = textwrap.dedent(f"""
+        import os, signal, sys, torch
+        from torch import nn
+        from equidiff import objectives as O
+        from equidiff.invariants import InvariantConfig, find_invariants, iterate_invariants
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 2))
+        obj, q = O.logits(model), torch.randn(1, 4)
+        cfg = InvariantConfig(n_samples=8, steps=80, tau=1e-6, lr=0.05, seed=4,
+                              checkpoint_path={str(ck)!r}, checkpoint_every=5)
+        if sys.argv[1] == "kill":
+            for s in iterate_invariants(obj, q, None, cfg):
+                if s.step == 17:
+                    os.kill(os.getpid(), signal.SIGKILL)
+        res = find_invariants(obj, q, None, cfg)
+        ref = find_invariants(obj, q, None, InvariantConfig(n_samples=8, steps=80, tau=1e-6, lr=0.05, seed=4))
+        print("SAME" if torch.equal(res.z, ref.z) else "DIFFERENT")
+    """)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    k = subprocess.run([sys.executable, "-c", script, "kill"], env=env, capture_output=True, text=True)
+    assert k.returncode == -9 and ck.exists()
+    r = subprocess.run([sys.executable, "-c", script, "resume"], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "SAME"
+
+
+BAD = [
+    ("n_samples", 0, "n_samples must be an integer ≥ 1, got 0"),
+    ("n_samples", 2.5, "n_samples must be an integer ≥ 1, got 2.5"),
+    ("steps", -1, r"steps must be an integer ≥ 0 \(the step budget B\), got -1"),
+    ("tau", 0.0, "tau must be a finite number > 0, got 0.0"),
+    ("tau", float("nan"), "tau must be a finite number > 0, got nan"),
+    ("optimizer", "lbfgs", r"optimizer must be one of \('adam', 'sgd', 'newton'\), got 'lbfgs'"),
+    ("lr", -1.0, "lr must be a finite number > 0, got -1.0"),
+    ("momentum", 1.0, r"momentum must be a number in \[0, 1\), got 1.0"),
+    ("step_size", 0, r"step_size must be a finite number > 0 \(λ\), got 0"),
+    ("lowpass_cutoff", 1.5, r"lowpass_cutoff must be None or a number in \(0, 1\] \(fraction of Nyquist\), got 1.5"),
+    ("reduction", "max", r"reduction must be one of \('sum', 'mean'\), got 'max'"),
+    ("keep_norm", 1, "keep_norm must be True or False, got 1"),
+    ("repulsion", -0.1, "repulsion must be a finite number ≥ 0, got -0.1"),
+    ("repulsion_scale", 0.0, "repulsion_scale must be a finite number > 0, got 0.0"),
+    ("seed", -3, "seed must be an integer ≥ 0, got -3"),
+    ("progress", "yes", "progress must be True or False, got 'yes'"),
+    ("checkpoint_every", -2, "checkpoint_every must be an integer ≥ 0, got -2"),
+    ("checkpoint_every", 5, "checkpoint_path must be a file path when checkpoint_every > 0, got None"),
+]
+
+
+@pytest.mark.parametrize("field,value,message", BAD)
+def test_config_rejects_bad_values_with_clear_message(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        InvariantConfig(**{field: value})
+
+
+def test_newton_rejects_filter():
+    with pytest.raises(ValueError, match="optimizer must be 'adam' or 'sgd' when lowpass_cutoff"):
+        InvariantConfig(optimizer="newton", lowpass_cutoff=0.5)
+
+
+def test_query_must_be_one_batched_input():
+    obj, q = _setup()
+    with pytest.raises(ValueError, match=r"query must be one input with a batch dimension, shape \(1, \.\.\.\), got \(4,\)"):
+        find_invariants(obj, q[0], None, InvariantConfig(n_samples=2, steps=1))
+    with pytest.raises(ValueError, match=r"z_init must hold n_samples=2 latents, got shape \(3, 4\)"):
+        find_invariants(obj, q, None, InvariantConfig(n_samples=2, steps=1), z_init=torch.zeros(3, 4))
+
+
+def test_progress_bar_runs():
+    obj, q = _setup()
+    res = find_invariants(obj, q, IdentityPrior((4,)), InvariantConfig(n_samples=2, steps=3, progress=True))
+    assert len(res.history["loss_mean"]) >= 1
