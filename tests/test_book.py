@@ -1,0 +1,68 @@
+"""Execute the notebooks (smoke parameters) with papermill, build the book, open it in Chromium."""
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from equidiff import build
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = shutil.which("chromium")
+
+
+@pytest.fixture(scope="module")
+def built_book(tmp_path_factory):
+    book = tmp_path_factory.mktemp("book")
+    shutil.copytree(ROOT / "book", book, dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("_build", "_generated", "_extra"))
+    build.execute_notebooks(book, profile="smoke")
+    index = build.build_html(book)  # raises if Jupyter Book reports any warning (-W -n)
+    return book, index
+
+
+@pytest.mark.book
+def test_circles_notebook_smoke_metrics(built_book):
+    book, _ = built_book
+    m = json.loads((book / "_generated" / "01_circles" / "metrics.json").read_text())
+    assert m["test_accuracy"] >= 0.98
+    assert len(m["queries"]) == 3
+    for q in m["queries"]:
+        assert set(q) == {"point", "p", "n", "max_abs_error", "coverage"}
+        assert q["n"] > 0 and q["max_abs_error"] < 0.005
+    for name in ("figure_3_1.png", "figure_prior.png", "figure_znorm.png"):
+        assert (book / "_generated" / "01_circles" / name).stat().st_size > 10_000
+
+
+@pytest.mark.book
+def test_book_loads_mathjax_locally(built_book):
+    book, index = built_book
+    html = (book / "_build" / "html" / "theory.html").read_text()
+    scripts = re.findall(r'<script[^>]*src="([^"]*)"', html)
+    assert any(s.startswith("_static/../mathjax/tex-svg.js") for s in scripts), scripts
+    assert not any("cdn" in s for s in scripts)
+    assert (book / "_build" / "html" / "mathjax" / "tex-svg.js").exists()
+
+
+@pytest.mark.book
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_chapter_renders_in_a_real_browser(built_book, tmp_path):
+    book, _ = built_book
+    page = book / "_build" / "html" / "_generated" / "01_circles.html"
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={tmp_path / 'profile'}", "--allow-file-access-from-files",
+           "--virtual-time-budget=20000", "--dump-dom", page.as_uri()]
+    dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
+    # MathJax ran in the browser and typeset the formulas as SVG
+    assert len(re.findall(r"<mjx-container[^>]*jax=\"SVG\"", dom)) >= 3
+    assert "<svg" in dom
+    # the figures are on the page, with their captions, and the files exist
+    imgs = re.findall(r'<img[^>]*src="([^"]+\.png)"', dom)
+    assert len(imgs) >= 3
+    for src in imgs:
+        assert (page.parent / src).resolve().exists(), src
+    assert "Thesis Figure 3.1 recomputed" in dom

@@ -1,0 +1,85 @@
+import numpy as np
+import pytest
+import torch
+
+from equidiff import toy
+
+
+def test_classifier_accuracy_and_probabilities_strictly_inside(circles_model):
+    model, info = circles_model
+    assert info["test_accuracy"] >= 0.98
+    g = np.linspace(-toy.BOX, toy.BOX, 101, dtype=np.float32)
+    grid = np.stack(np.meshgrid(g, g), -1).reshape(-1, 2)
+    p = toy.probability_of(model, grid)
+    assert 0.0 < p.min() and p.max() < 1.0  # every level set is a proper curve in float32
+
+
+def test_training_is_deterministic():
+    cfg = toy.CirclesConfig(epochs=30)
+    a, _ = toy.train_classifier(cfg)
+    b, _ = toy.train_classifier(cfg)
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.equal(pa, pb)
+
+
+def test_cache_round_trip(tmp_path):
+    cfg = toy.CirclesConfig(epochs=20)
+    m1, info1 = toy.load_classifier(cfg, cache_dir=tmp_path)
+    files = sorted(p.name for p in next(tmp_path.iterdir()).iterdir())
+    assert files == ["config.json", "model.safetensors"]  # no pickles
+    m2, info2 = toy.load_classifier(cfg, cache_dir=tmp_path)
+    x = torch.randn(5, 2)
+    assert torch.equal(m1(x), m2(x)) and info1 == info2
+
+
+def test_invariant_points_cover_the_exact_level_curve(circles_model):
+    model, _ = circles_model
+    r = toy.analyse_query(model, [0.7, -0.6], n=512, tau=0.005)
+    assert r["n"] == 512
+    assert r["max_abs_error"] < 0.005
+    assert r["coverage"] >= 0.95
+    # the measure can fail: a handful of points cannot cover the curve
+    few = toy.analyse_query(model, [0.7, -0.6], n=8, tau=0.005)
+    assert few["coverage"] < 0.5
+
+
+def test_coverage_and_best_coverage_geometry():
+    t = np.linspace(0, 2 * np.pi, 2001)
+    circle = [np.stack([np.cos(t), np.sin(t)], 1)]
+    assert toy.coverage(circle[0][::10], circle) == pytest.approx(1.0)
+    half = circle[0][t <= np.pi]
+    assert toy.coverage(half, circle) == pytest.approx(0.5 + 0.1 / (2 * np.pi), abs=0.01)
+    # k equally spaced points cover 2·0.05·k of the 2π length
+    assert toy.best_coverage(circle, 32) == pytest.approx(32 * 0.1 / (2 * np.pi), abs=0.02)
+
+
+def test_prior_maps_noise_onto_the_moons_and_is_differentiable():
+    cfg = toy.ToyPriorConfig(train_steps=300)
+    den, _ = toy.train_prior(cfg)
+    prior = toy.ToyDDIMPrior(den, cfg, num_steps=5)
+    z = prior.sample_latents(64, torch.Generator().manual_seed(0)).requires_grad_(True)
+    x = prior(z)
+    x.sum().backward()
+    assert x.shape == (64, 2) and torch.isfinite(z.grad).all() and z.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match=r"num_steps must be an integer in \[1, 200\], got 0"):
+        toy.ToyDDIMPrior(den, cfg, num_steps=0)
+
+
+@pytest.mark.parametrize(
+    "query,message",
+    [([0.1], r"query must be a point \[x, y\] of two finite numbers, got \[0.1\]"),
+     ([3.0, 0.0], r"query must lie in the plane shown, \[-2.5, 2.5\]², got \[3.0, 0.0\]"),
+     ("ab", r"query must be a point \[x, y\]")],
+)
+def test_bad_query_points(circles_model, query, message):
+    with pytest.raises(ValueError, match=message):
+        toy.analyse_query(circles_model[0], query, n=4)
+
+
+def test_bad_tau_and_config():
+    with pytest.raises(ValueError, match=r"tau must be a probability tolerance in \(0, 1\), got 1.5"):
+        toy.tau_for_probability(1.5)
+    with pytest.raises(ValueError, match=r"epochs must be an integer ≥ 1, got 0"):
+        toy.CirclesConfig(epochs=0)
+    with pytest.raises(ValueError, match=r"extent must be in \(1, 2.5\]"):
+        toy.CirclesConfig(extent=0.5)
