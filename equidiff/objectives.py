@@ -25,6 +25,8 @@ __all__ = [
     "concat",
     "lowpassed",
     "capture_activation",
+    "neuron_map",
+    "resolve_module",
 ]
 
 
@@ -162,3 +164,38 @@ def capture_activation(module: nn.Module) -> Iterator[dict]:
         yield store
     finally:
         handle.remove()
+
+
+def resolve_module(model: nn.Module, layer: str) -> nn.Module:
+    """The submodule named ``layer`` (dotted path as in ``model.named_modules()``)."""
+    modules = dict(model.named_modules())
+    if layer not in modules:
+        some = [n for n in modules if n][:12]
+        raise ValueError(f"layer must name a submodule of the model, got {layer!r}; e.g. {some}")
+    return modules[layer]
+
+
+def neuron_map(model: nn.Module, layer: str, channel: int, reduce: str = "map",
+               name: str | None = None) -> Objective:
+    """One channel of ``layer``'s output: its whole spatial map (B, H·W) or its mean (B, 1).
+
+    Point ``layer`` at a module whose output is *before* the final activation (e.g. the last
+    block's last BatchNorm) to read unbounded values, as the thesis does: a ReLU's dead zone
+    gives zero gradients. The hook lives only for the duration of each call.
+    """
+    if reduce not in ("map", "mean"):
+        raise ValueError(f"reduce must be 'map' or 'mean', got {reduce!r}")
+    _check_index(channel)
+    module = resolve_module(model, layer)
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        with capture_activation(module) as store:
+            model(x)
+        act = store["output"]  # (B, C, H, W)
+        if channel >= act.shape[1]:
+            raise ValueError(f"channel must be in [0, {act.shape[1] - 1}] for layer {layer!r}, got {channel}")
+        a = act[:, channel]
+        return a.flatten(1) if reduce == "map" else a.flatten(1).mean(1, keepdim=True)
+
+    what = "map" if reduce == "map" else "mean"
+    return Objective(fn, f"neuron {channel} of {name or type(model).__name__}.{layer} ({what})")

@@ -60,3 +60,21 @@ def test_capture_activation_always_removes_hook():
             assert store["output"].shape == (1, 3)
             raise RuntimeError("boom")
     assert len(lin._forward_hooks) == 0
+
+
+def test_neuron_map_reads_one_channel_and_removes_its_hook():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(64, 2)).eval()
+    x = torch.randn(3, 1, 4, 4)
+    obj = O.neuron_map(net, "1", 2)
+    ref = net[1](net[0](x))[:, 2].flatten(1)
+    assert torch.allclose(obj(x), ref)
+    assert (ref < 0).any()  # read before the ReLU: unbounded values
+    assert torch.allclose(O.neuron_map(net, "1", 2, reduce="mean")(x), ref.mean(1, keepdim=True))
+    assert all(len(m._forward_hooks) == 0 for m in net.modules())
+    with pytest.raises(ValueError, match=r"layer must name a submodule of the model, got 'nope'"):
+        O.neuron_map(net, "nope", 0)
+    with pytest.raises(ValueError, match=r"channel must be in \[0, 3\] for layer '1', got 9"):
+        O.neuron_map(net, "1", 9)(x)
+    with pytest.raises(ValueError, match=r"reduce must be 'map' or 'mean', got 'max'"):
+        O.neuron_map(net, "1", 0, reduce="max")
