@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from . import cache
+from .diffusion import _DDIMChain
 from .invariants import IdentityPrior, InvariantConfig, InvariantResult, find_invariants
 from .objectives import Objective, class_logit
 
@@ -338,31 +339,41 @@ def train_prior(cfg: ToyPriorConfig = ToyPriorConfig(), progress: bool = False):
     return model, {"train_seconds": time.perf_counter() - t0, "final_loss": float(loss.detach())}
 
 
-class ToyDDIMPrior:
-    """Deterministic DDIM map z_T -> x (eta = 0) over the 2D denoiser, with diffusers' scheduler."""
+class ToyDDIMPrior(_DDIMChain):
+    """Deterministic DDIM map z_T -> x (η = 0) over the 2D denoiser.
 
-    def __init__(self, model: ToyDenoiser, cfg: ToyPriorConfig = ToyPriorConfig(), num_steps: int = 20):
-        from diffusers import DDIMScheduler
+    The same machinery as :class:`equidiff.diffusion.PixelDDIMPrior` (diffusers' DDIMScheduler
+    built from the training scheduler's config, visible step loop), with 2D points for latents
+    and no clamping (the plane extends beyond [-1, 1]).
+    """
 
-        if not isinstance(num_steps, int) or not (1 <= num_steps <= cfg.num_train_timesteps):
-            raise ValueError(f"num_steps must be an integer in [1, {cfg.num_train_timesteps}], got {num_steps!r}")
-        self.model = model
-        self.scheduler = DDIMScheduler.from_config(_ddpm_scheduler(cfg).config)
-        self.scheduler.set_timesteps(num_steps)
-        self.num_steps = num_steps
-        for p in model.parameters():
-            p.requires_grad_(False)
+    def __init__(self, model: ToyDenoiser, cfg: ToyPriorConfig = ToyPriorConfig(), num_steps: int = 20,
+                 checkpointing: bool = False):
+        self.model = model.eval().requires_grad_(False)
+        self._setup(_ddpm_scheduler(cfg), num_steps, checkpointing, clamp=False)
 
-    def sample_latents(self, n: int, generator: torch.Generator, device=None) -> torch.Tensor:
-        z = torch.randn((n, 2), generator=generator)  # z_T ~ N(0, I)
-        return z.to(device) if device is not None else z
+    @property
+    def latent_shape(self) -> tuple:
+        return (2,)
+
+    @property
+    def _device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def _dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def _step(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        eps = self.model(x, t)  # (B, 2) predicted noise
+        return self.scheduler.step(eps, t, x, eta=0.0).prev_sample  # (B, 2)
 
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
-        x = z  # (B, 2)
-        for t in self.scheduler.timesteps:  # Algorithm 1, lines 10-13: denoising loop
-            eps = self.model(x, t)
-            x = self.scheduler.step(eps, t, x, eta=0.0).prev_sample
-        return x
+        x = self._check_latents(z)  # (B, 2) Algorithm 1, line 9: x_T = z_T
+        self.scheduler.set_timesteps(self.num_steps)
+        for t in self.scheduler.timesteps:  # lines 10-13: denoising loop
+            x = self._run(self._step, x, t)
+        return self._finish(x)
 
 
 def load_prior(cfg: ToyPriorConfig = ToyPriorConfig(), cache_dir=None, progress: bool = False):
