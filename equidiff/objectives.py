@@ -148,16 +148,17 @@ def _check_index(index: int) -> None:
 
 @contextlib.contextmanager
 def capture_activation(module: nn.Module) -> Iterator[dict]:
-    """Record ``module``'s output while the block runs; the hook is always removed on exit.
+    """Record ``module``'s input and output while the block runs; the hook is always removed on exit.
 
     >>> with capture_activation(model.layer4) as store:
     ...     model(x)
-    ...     act = store["output"]
+    ...     act = store["output"]   # store["input"]: the module's first positional input
     """
     store: dict = {}
 
-    def hook(_mod, _inp, out):
+    def hook(_mod, inp, out):
         store["output"] = out
+        store["input"] = inp[0] if inp else None
 
     handle = module.register_forward_hook(hook)
     try:
@@ -176,26 +177,30 @@ def resolve_module(model: nn.Module, layer: str) -> nn.Module:
 
 
 def neuron_map(model: nn.Module, layer: str, channel: int, reduce: str = "map",
-               name: str | None = None) -> Objective:
-    """One channel of ``layer``'s output: its whole spatial map (B, H·W) or its mean (B, 1).
+               name: str | None = None, read: str = "output") -> Objective:
+    """One channel of a layer's activation: its whole spatial map (B, H·W) or its mean (B, 1).
 
-    Point ``layer`` at a module whose output is *before* the final activation (e.g. the last
-    block's last BatchNorm) to read unbounded values, as the thesis does: a ReLU's dead zone
-    gives zero gradients. The hook lives only for the duration of each call.
+    ``read="output"`` takes ``layer``'s output; ``read="input"`` its input — point it at the
+    last block's final activation (e.g. ``layer4.0.act2`` of a ResNet) to read the unbounded
+    values *before* that activation, as the thesis does ("L2 losses computed on unbounded
+    activation logits"): a ReLU's dead zone gives zero gradients. The hook lives only for the
+    duration of each call.
     """
     if reduce not in ("map", "mean"):
         raise ValueError(f"reduce must be 'map' or 'mean', got {reduce!r}")
+    if read not in ("output", "input"):
+        raise ValueError(f"read must be 'output' or 'input', got {read!r}")
     _check_index(channel)
     module = resolve_module(model, layer)
 
     def fn(x: torch.Tensor) -> torch.Tensor:
         with capture_activation(module) as store:
             model(x)
-        act = store["output"]  # (B, C, H, W)
+        act = store[read]  # (B, C, H, W)
         if channel >= act.shape[1]:
             raise ValueError(f"channel must be in [0, {act.shape[1] - 1}] for layer {layer!r}, got {channel}")
         a = act[:, channel]
         return a.flatten(1) if reduce == "map" else a.flatten(1).mean(1, keepdim=True)
 
-    what = "map" if reduce == "map" else "mean"
+    what = ("map" if reduce == "map" else "mean") + (", pre-activation" if read == "input" else "")
     return Objective(fn, f"neuron {channel} of {name or type(model).__name__}.{layer} ({what})")

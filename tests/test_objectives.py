@@ -71,6 +71,7 @@ def test_neuron_map_reads_one_channel_and_removes_its_hook():
     assert torch.allclose(obj(x), ref)
     assert (ref < 0).any()  # read before the ReLU: unbounded values
     assert torch.allclose(O.neuron_map(net, "1", 2, reduce="mean")(x), ref.mean(1, keepdim=True))
+    assert torch.allclose(O.neuron_map(net, "2", 2, read="input")(x), ref)  # the ReLU's input
     assert all(len(m._forward_hooks) == 0 for m in net.modules())
     with pytest.raises(ValueError, match=r"layer must name a submodule of the model, got 'nope'"):
         O.neuron_map(net, "nope", 0)
