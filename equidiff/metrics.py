@@ -9,7 +9,68 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["to_jsonable", "write_metrics", "read_metrics"]
+__all__ = [
+    "to_jsonable",
+    "write_metrics",
+    "read_metrics",
+    "l1_l2",
+    "kl_divergence",
+    "classifier_features",
+    "frechet_distance",
+    "feature_fid",
+    "diversity",
+]
+
+
+def l1_l2(measurements: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample L1 = Σ|L(x) − y*| and L2 = Σ(L(x) − y*)² (the loss of Algorithm 1): (B,), (B,)."""
+    d = measurements - target.reshape(1, -1)
+    return d.abs().sum(1), (d**2).sum(1)
+
+
+def kl_divergence(p_target: torch.Tensor, p: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """KL(p_target || p) per sample for probability vectors (B, K): (B,)."""
+    pt = p_target.reshape(1, -1).clamp(min=eps)
+    return (pt * (pt.log() - p.clamp(min=eps).log())).sum(1)
+
+
+@torch.no_grad()
+def classifier_features(model: torch.nn.Module, x: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    """Penultimate (pooled, pre-logits) features of a timm classifier: (B, D)."""
+    out = []
+    for i in range(0, len(x), batch):
+        f = model.forward_features(x[i : i + batch])
+        out.append(model.forward_head(f, pre_logits=True))
+    return torch.cat(out).double()
+
+
+def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Fréchet distance between Gaussians fitted to two feature sets (rows = samples)."""
+    from scipy import linalg
+
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError(f"frechet_distance needs at least 2 samples per set, got {len(a)} and {len(b)}")
+    mu1, mu2 = a.mean(0), b.mean(0)
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    covmean, _ = linalg.sqrtm(s1 @ s2, disp=False)
+    covmean = covmean.real
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+
+
+def feature_fid(model: torch.nn.Module, samples: torch.Tensor, real: torch.Tensor) -> float:
+    """FID computed in the feature space of ``model`` (not Inception: label it so in figures)."""
+    return frechet_distance(classifier_features(model, samples).cpu(), classifier_features(model, real).cpu())
+
+
+def diversity(features: torch.Tensor) -> float:
+    """Mean pairwise Euclidean distance between samples' features."""
+    f = torch.as_tensor(features, dtype=torch.float64)
+    if len(f) < 2:
+        return float("nan")
+    d = torch.cdist(f, f)
+    n = len(f)
+    return float(d.sum() / (n * (n - 1)))
 
 
 def to_jsonable(obj):
