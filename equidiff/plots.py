@@ -124,3 +124,38 @@ def convergence_figure(histories: dict, typical_norm: float | None = None):
     a.legend(fontsize=7)
     b.legend(fontsize=7)
     return fig
+
+
+def _img(ax, x, title=None, fontsize=7):
+    a = np.asarray(x.detach().cpu() if hasattr(x, "detach") else x)
+    a = a[0] if a.ndim == 3 and a.shape[0] == 1 else (a.transpose(1, 2, 0) if a.ndim == 3 else a)
+    ax.imshow((a + 1) / 2, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title is not None:
+        ax.set_title(title, fontsize=fontsize, pad=2)
+
+
+def sample_grid(query, result, title: str = "", cols: int = 8):
+    """The query (left) beside a grid of invariant samples, each with its final loss.
+
+    Images are in [-1, 1]. Samples that did not reach τ are framed in red.
+    """
+    plt = _plt()
+    x = result.x
+    n = len(x)
+    rows = int(np.ceil(n / cols))
+    fig = plt.figure(figsize=(1.25 * (cols + 2), 1.35 * max(rows, 2) + 0.5), constrained_layout=True)
+    gs = fig.add_gridspec(max(rows, 2), cols + 2)
+    ax = fig.add_subplot(gs[0:2, 0:2])
+    _img(ax, query[0], "query $x^*$", fontsize=9)
+    for i in range(n):
+        ax = fig.add_subplot(gs[i // cols, 2 + i % cols])
+        _img(ax, x[i], f"{float(result.loss[i]):.1e}")
+        if not bool(result.converged[i]):
+            for s in ax.spines.values():
+                s.set_edgecolor("red")
+                s.set_linewidth(2)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig

@@ -1,0 +1,277 @@
+"""Benchmark of EquiDiff on images: the embedded digits world on this machine's CPU.
+
+    python benchmarks/bench_invariants.py [--quick] [--json PATH] [--markdown PATH] [--threads N]
+
+For a neuron-map objective (one channel of the classifier's last stage, its whole 4×4 map read
+before the final activation) and a class-probability objective, with a batch of 32 samples:
+
+* seconds per optimisation step at T = 10, 20, 50 DDIM steps, with and without checkpointing;
+* peak memory of one optimisation step at each T, with and without checkpointing
+  (in a fresh process: peak resident memory above the level before the step, Linux VmHWM,
+  with glibc returning large freed blocks to the OS so the peak reflects live tensors);
+* steps to τ = 0.01 (median, max) and the success rate within the budget B = 200;
+* wall time until all 32 samples converge, batched with per-sample stop vs one sample at a time;
+* overhead ratio = checkpointed step time / (T × one denoiser forward+backward + objective);
+* share of spectral power above half Nyquist: real digits, EquiDiff samples, and the pixel-space
+  baseline (the same loop optimising x directly from N(0, I), no prior).
+
+All ratios are measured side by side in one run. ``--quick`` runs a reduced version (batch 8,
+T = 10/20, B = 60) for checks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from equidiff import filters, zoo
+from equidiff.diffusion import PixelDDIMPrior
+from equidiff.invariants import IdentityPrior, InvariantConfig, find_invariants, iterate_invariants
+from equidiff.objectives import capture_activation, class_probability, neuron_map, resolve_module
+
+NEURON_LAYER = "layer4.0.act2"  # input of the last block's final activation: pre-activation values
+
+
+def _rss_kib(field: str) -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith(field):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _memory_probe(args) -> None:
+    """Child process: peak resident memory of one optimisation step above the level before it."""
+    T, ck = int(args.probe_T), args.probe_ckpt == "1"
+    torch.set_num_threads(args.threads)
+    prior, objective, query = _setup(args, T, ck)[:3]
+    target = objective(query).detach()
+    z = torch.randn(args.probe_n, 1, 16, 16, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM (the peak) to the current resident size
+    before = _rss_kib("VmRSS")
+    ((objective(prior(z)) - target) ** 2).sum().backward()
+    print((_rss_kib("VmHWM") - before) / 1024)
+
+
+def peak_step_memory_mib(args, T: int, ck: bool, n: int) -> float | None:
+    """Run one step in a fresh process (a reused allocator pool would hide the growth); Linux only."""
+    if not os.path.exists("/proc/self/clear_refs"):
+        return None
+    cmd = [sys.executable, __file__, "--probe-T", str(T), "--probe-ckpt", "1" if ck else "0",
+           "--probe-n", str(n), "--threads", str(args.threads), "--ddpm", args.ddpm,
+           "--classifier", args.classifier, "--query-index", str(args.query_index)]
+    # Large blocks via mmap, so memory freed during backward goes back to the OS and the resident
+    # peak reflects live tensors rather than glibc's cached, fragmented heap.
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout.strip().splitlines()
+    return float(out[-1])
+
+
+def step_seconds(objective, query, prior, n: int, steps: int = 4) -> float:
+    """Median wall time of one optimisation iteration (backward + step + next forward)."""
+    cfg = InvariantConfig(n_samples=n, steps=steps, tau=1e-12, lr=0.1)
+    stamps = [time.perf_counter() for _ in iterate_invariants(objective, query, prior, cfg)]
+    return statistics.median(b - a for a, b in zip(stamps, stamps[1:]))
+
+
+def denoiser_fwd_bwd_seconds(unet, n: int, reps: int = 3) -> float:
+    x = torch.randn(n, *(1, 16, 16))
+    t = torch.tensor(500)
+    times = []
+    for _ in range(reps + 1):
+        xi = x.clone().requires_grad_(True)
+        t0 = time.perf_counter()
+        unet(xi, t).sample.sum().backward()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times[1:])
+
+
+def objective_fwd_bwd_seconds(objective, n: int, reps: int = 3) -> float:
+    times = []
+    for _ in range(reps + 1):
+        x = torch.randn(n, 1, 16, 16, requires_grad=True)
+        t0 = time.perf_counter()
+        objective(x).sum().backward()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times[1:])
+
+
+def _setup(a, T: int = 10, ck: bool = True):
+    """(prior, neuron objective, query, label, channel, ddpm, classifier, test images)."""
+    ddpm = zoo.get_model(a.ddpm, progress=False)
+    clf = zoo.get_model(a.classifier, progress=False).model
+    images, labels = zoo.load_digits16("test")
+    query = images[a.query_index : a.query_index + 1]  # (1, 1, 16, 16)
+    label = int(labels[a.query_index])
+    with torch.no_grad():
+        with capture_activation(resolve_module(clf, NEURON_LAYER)) as store:
+            clf(query)
+        channel = int(store["input"][0].flatten(1).mean(1).argmax())  # the query's strongest neuron
+    obj = neuron_map(clf, NEURON_LAYER, channel, read="input", name="digits ResNet")
+    prior = PixelDDIMPrior(ddpm.model, ddpm.scheduler, num_steps=T, checkpointing=ck, clamp=False)
+    return prior, obj, query, label, channel, ddpm, clf, images
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="reduced run for checks (< 2 min)")
+    ap.add_argument("--json", help="write the headline figures to this JSON file")
+    ap.add_argument("--markdown", help="write the measured tables as Markdown (for the book)")
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads")
+    ap.add_argument("--ddpm", default="digits-ddpm", help="zoo preset of the diffusion prior")
+    ap.add_argument("--classifier", default="digits-classifier", help="zoo preset of the classifier")
+    ap.add_argument("--query-index", type=int, default=0, help="index of the query in the digits test split")
+    ap.add_argument("--grid", default="outputs/bench", help="folder for sample grids (PNG)")
+    ap.add_argument("--probe-T", help=argparse.SUPPRESS)
+    ap.add_argument("--probe-ckpt", help=argparse.SUPPRESS)
+    ap.add_argument("--probe-n", type=int, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.probe_T:
+        return _memory_probe(a)
+    torch.set_num_threads(a.threads)
+
+    n = 8 if a.quick else 32
+    budget = 60 if a.quick else 200
+    ts = (10, 20) if a.quick else (10, 20, 50)
+    tau = 0.01
+
+    _, neuron, query, label, channel, ddpm, clf, images = _setup(a)
+    objectives = {
+        "neuron": neuron,
+        "probability": class_probability(clf, label, name="digits ResNet"),
+    }
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {a.threads}")
+    print(f"query: test digit #{a.query_index} (label {label}); neuron {channel} of {NEURON_LAYER} (4×4 map); "
+          f"batch {n}, τ = {tau}, B = {budget}, Adam lr 0.1\n")
+
+    def prior(T, ck=True):
+        return PixelDDIMPrior(ddpm.model, ddpm.scheduler, num_steps=T, checkpointing=ck, clamp=False)
+
+    # --- step time and memory against T ---------------------------------------------------
+    obj = objectives["neuron"]
+    timing, memory = {}, {}
+    print(f"{'T':>4} {'s/step ckpt':>12} {'s/step no ckpt':>15} {'MiB ckpt':>9} {'MiB no ckpt':>12}")
+    for T in ts:
+        for ck in (True, False):
+            timing[(T, ck)] = step_seconds(obj, query, prior(T, ck), n)
+            memory[(T, ck)] = peak_step_memory_mib(a, T, ck, n)
+        mem = lambda v: f"{v:9.1f}" if v is not None else "      n/a"  # noqa: E731
+        print(f"{T:>4} {timing[(T, True)]:>12.3f} {timing[(T, False)]:>15.3f} {mem(memory[(T, True)])} "
+              f"{mem(memory[(T, False)]):>12}")
+    t_unet = denoiser_fwd_bwd_seconds(ddpm.model, n)
+    t_obj = objective_fwd_bwd_seconds(obj, n)
+    overhead = timing[(10, True)] / (10 * t_unet + t_obj)
+    mem_ratio = (memory[(ts[-1], True)] / memory[(10, True)]) if memory[(10, True)] else None
+    print(f"\none denoiser forward+backward (batch {n}): {t_unet:.4f} s; objective: {t_obj:.4f} s")
+    print(f"overhead ratio at T = 10 (checkpointed step / (T·denoiser + objective)): {overhead:.2f}")
+    if mem_ratio is not None:
+        print(f"checkpointed peak memory T = {ts[-1]} / T = 10: {mem_ratio:.2f}")
+
+    # --- convergence, batched vs one at a time, at T = 10 -----------------------------------
+    results, samples = {}, {}
+    print(f"\n{'objective':<12} {'success':>8} {'steps med':>10} {'steps max':>10} {'wall s':>8} "
+          f"{'loop s':>8} {'speed-up':>9}")
+    for name, objective in objectives.items():
+        cfg = InvariantConfig(n_samples=n, steps=budget, tau=tau, lr=0.1, seed=0)
+        t0 = time.perf_counter()
+        res = find_invariants(objective, query, prior(10), cfg)
+        wall = time.perf_counter() - t0
+        n_loop = n if not a.quick else 4
+        t0 = time.perf_counter()
+        for i in range(n_loop):
+            find_invariants(objective, query, prior(10),
+                            InvariantConfig(n_samples=1, steps=budget, tau=tau, lr=0.1), z_init=res.z_init[i : i + 1])
+        loop = (time.perf_counter() - t0) * n / n_loop
+        done = res.steps_to_converge[res.converged].float()
+        results[name] = {
+            "success_rate": res.success_rate,
+            "wall_s": wall,
+            "loop_s": loop,
+            "steps_median": float(done.median()) if len(done) else None,
+            "steps_max": int(done.max()) if len(done) else None,
+        }
+        samples[name] = res
+        r = results[name]
+        med = "n/a" if r["steps_median"] is None else f"{r['steps_median']:.0f}"
+        mx = "n/a" if r["steps_max"] is None else str(r["steps_max"])
+        print(f"{name:<12} {r['success_rate']:>8.2f} {med:>10} {mx:>10} {wall:>8.1f} {loop:>8.1f} {loop / wall:>8.1f}×"
+              + ("  (loop: 4 samples, scaled)" if a.quick else ""))
+
+    # --- spectra: real digits, EquiDiff, pixel-space baseline -----------------------------------
+    pixel = find_invariants(objectives["probability"], query, IdentityPrior((1, 16, 16)),
+                            InvariantConfig(n_samples=n, steps=budget, tau=tau, lr=0.1, seed=0))
+    eq = torch.cat([s.x[s.converged] for s in samples.values()])
+    hf = {
+        "real": float(filters.high_frequency_share(images[:256]).mean()),
+        "equidiff": float(filters.high_frequency_share(eq).mean()) if len(eq) else None,
+        "pixel": float(filters.high_frequency_share(pixel.x[pixel.converged]).mean()) if pixel.converged.any() else None,
+    }
+    print(f"\nshare of spectral power above half Nyquist: real digits {hf['real']:.3f}, "
+          f"EquiDiff samples {hf['equidiff']:.3f}, pixel-space baseline {hf['pixel']:.3f} "
+          f"(baseline success {pixel.success_rate:.2f})")
+
+    grid_dir = Path(a.grid)
+    grid_dir.mkdir(parents=True, exist_ok=True)
+    from equidiff import plots
+
+    for name, res in samples.items():
+        fig = plots.sample_grid(query, res, title=f"{res.description}: {int(res.converged.sum())}/{n} converged")
+        plots.save(fig, grid_dir / f"grid_{name}.png")
+    fig = plots.sample_grid(query, pixel, title=f"pixel-space baseline: {int(pixel.converged.sum())}/{n} converged")
+    plots.save(fig, grid_dir / "grid_pixel_baseline.png")
+    print(f"sample grids in {grid_dir}/")
+
+    out = {
+        "neuron": {k: results["neuron"][k] for k in ("success_rate", "wall_s", "steps_median", "steps_max")},
+        "probability": {k: results["probability"][k] for k in ("success_rate", "wall_s", "steps_median", "steps_max")},
+        "memory_ratio_T50_T10": mem_ratio,
+        "overhead_ratio": overhead,
+        "batched_speedup": {k: results[k]["loop_s"] / results[k]["wall_s"] for k in results},
+        "high_freq_share": hf,
+        "step_seconds": {f"T{T}_{'ckpt' if ck else 'nockpt'}": v for (T, ck), v in timing.items()},
+        "peak_mib": {f"T{T}_{'ckpt' if ck else 'nockpt'}": v for (T, ck), v in memory.items()},
+        "quick": a.quick,
+        "batch": n,
+        "threads": a.threads,
+    }
+    if a.json:
+        Path(a.json).write_text(json.dumps(out, indent=2))
+        print(f"wrote {a.json}")
+    if a.markdown:
+        Path(a.markdown).write_text(markdown_tables(out, timing, memory, results, ts))
+        print(f"wrote {a.markdown}")
+
+
+def markdown_tables(out, timing, memory, results, ts) -> str:
+    rows = ["| T | s/step, checkpointed | s/step, not checkpointed | peak MiB, checkpointed | peak MiB, not checkpointed |",
+            "| --- | --- | --- | --- | --- |"]
+    f = lambda v, d=1: "n/a" if v is None else f"{v:.{d}f}"  # noqa: E731
+    for T in ts:
+        rows.append(f"| {T} | {timing[(T, True)]:.3f} | {timing[(T, False)]:.3f} | {f(memory[(T, True)])} | "
+                    f"{f(memory[(T, False)])} |")
+    rows += ["", "| objective | success within B | steps to τ (median / max) | wall s, batched | wall s, one at a time | speed-up |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for k, r in results.items():
+        rows.append(f"| {k} | {r['success_rate']:.2f} | {f(r['steps_median'], 0)} / {r['steps_max']} | "
+                    f"{r['wall_s']:.1f} | {r['loop_s']:.1f} | {r['loop_s'] / r['wall_s']:.1f}× |")
+    hf = out["high_freq_share"]
+    rows += ["", f"Overhead ratio (checkpointed step / (T × denoiser fwd+bwd + objective), T = 10): "
+             f"**{out['overhead_ratio']:.2f}**. Checkpointed peak memory T = {ts[-1]} / T = 10: "
+             f"**{f(out['memory_ratio_T50_T10'], 2)}**.", "",
+             "| images | share of spectral power above half Nyquist |", "| --- | --- |",
+             f"| real digits | {f(hf['real'], 3)} |", f"| EquiDiff samples | {f(hf['equidiff'], 3)} |",
+             f"| pixel-space baseline (no prior) | {f(hf['pixel'], 3)} |", ""]
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    main()
