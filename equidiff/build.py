@@ -27,6 +27,7 @@ PROFILES: dict[str, dict[str, dict]] = {
     "cpu": {},
     "smoke": {
         "01_circles": {"n_invariant": 32, "steps": 60, "prior_points": 16, "prior_steps": 40, "ddim_steps": 5},
+        "02_neurons": {"n_samples": 4, "steps": 3, "ddim_steps": 5, "profile": "smoke"},
     },
 }
 

@@ -1,0 +1,517 @@
+"""Thesis Section 4.2 in the embedded world: invariant sets of single neurons of the digits ResNet.
+
+The thesis picks three neurons of ResNet-50's last stage (#1656 zebra striping, #1052 honeycomb,
+#421 gyromitra) by their *semantic alignment* r from SemanticLens [Dreyer et al., 2025], which
+embeds each neuron's top-activating ImageNet patches with CLIP and compares them with text
+concepts (Appendix .5). Neither CLIP nor ImageNet is available offline, so this module computes
+an alignment that needs neither:
+
+* **Concepts** (:func:`concept_labels`) are labels computed automatically on the digits: the ten
+  digit classes and four stroke shapes measured on the thresholded image — ``closed loop`` (a
+  background region not connected to the border, found with ``scipy.ndimage.label``), ``two
+  loops``, ``horizontal bar`` (a row with a long run of ink) and ``vertical stroke`` (a column
+  with a long run of ink).
+* **Alignment r** (:func:`alignment_scores`) of a channel with a concept is the point-biserial
+  correlation: Pearson's r between the channel's mean pre-activation (the mean of its 4×4 map,
+  read before the block's final activation) and the concept's 0/1 label, over the training
+  digits. r ∈ [-1, 1]; r = 1 would mean the channel's activation separates the images with the
+  concept from those without it perfectly (linearly). It is a *correlation over a labelled
+  data set* (as in Network Dissection), not SemanticLens' CLIP similarity: the numbers are on a
+  different scale from the thesis' r = 0.88–0.95.
+
+:func:`run_neuron` is the protocol of Section 4.2.2 for one neuron: the query x* is the image
+that activates the channel most strongly; the objective is the channel's whole 4×4 pre-activation
+map (16 values, the analogue of the thesis' 7×7 = 49 "logits"); ``n_samples`` invariant samples
+come from :func:`equidiff.invariants.find_invariants` through the pixel DDIM prior; the returned
+metrics are those of Table 4.1 plus diversity and the classifier's reading of the samples.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .objectives import capture_activation, neuron_map, resolve_module
+
+__all__ = [
+    "LAYER",
+    "PROFILES",
+    "PAPER_NEURONS",
+    "DIGIT_CONCEPTS",
+    "STROKE_CONCEPTS",
+    "CONCEPTS",
+    "closed_loops",
+    "longest_run",
+    "concept_labels",
+    "channel_activations",
+    "alignment_scores",
+    "AlignmentTable",
+    "alignment_table",
+    "SelectedNeuron",
+    "select_neurons",
+    "top_activating",
+    "resolve_profile",
+    "NeuronRun",
+    "run_neuron",
+    "choose_neurons",
+    "top_image_rows",
+    "html_table",
+    "alignment_html",
+    "table_rows",
+    "table_html",
+]
+
+# The neuron layer: the *input* of the last block's final activation (read="input"), i.e. the
+# unbounded pre-activation values — the thesis' "L2 losses computed on unbounded activation logits".
+LAYER = "layer4.0.act2"
+
+# Defaults per profile (explicit arguments of run_neuron override them).
+PROFILES: dict[str, dict] = {
+    "cpu": {"n_samples": 32, "steps": 200, "ddim_steps": 10},  # Section 4.2.2: 32 samples per neuron
+    "smoke": {"n_samples": 4, "steps": 20, "ddim_steps": 5},  # seconds-long run of the same code path
+}
+# The thesis' neurons (ResNet-50, last stage); the paper-scale issue adds the profile that uses them.
+PAPER_NEURONS = {1656: "zebra striping", 1052: "honeycomb", 421: "gyromitra"}
+
+DIGIT_CONCEPTS = tuple(f"digit {d}" for d in range(10))
+STROKE_CONCEPTS = ("closed loop", "two loops", "horizontal bar", "vertical stroke")
+CONCEPTS = DIGIT_CONCEPTS + STROKE_CONCEPTS
+CONCEPT_SETS = {"all": CONCEPTS, "digits": DIGIT_CONCEPTS, "strokes": STROKE_CONCEPTS}
+
+# Thresholds of the stroke concepts, on images in [-1, 1] (background -1, ink +1).
+HOLE_INK = -0.25  # a pixel is ink for the loop test if its value is > -0.25 (intensity > 0.375)
+RUN_INK = 0.0  # a pixel is ink for the bar / stroke tests if its value is > 0 (intensity > 0.5)
+BAR_RUN = 10  # horizontal bar: some row holds ≥ 10 consecutive ink pixels (of 16)
+STROKE_RUN = 14  # vertical stroke: some column holds ≥ 14 consecutive ink pixels (of 16)
+
+
+def _bad(name: str, value, allowed: str) -> ValueError:
+    return ValueError(f"{name} must be {allowed}, got {value!r}")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def _check_images(images) -> torch.Tensor:
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 1:
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise _bad("images", shape, "a tensor of grey images, shape (N, 1, H, W), values in [-1, 1]")
+    return images
+
+
+# --------------------------------------------------------------------------------------------
+# Concepts
+# --------------------------------------------------------------------------------------------
+
+
+def closed_loops(image: np.ndarray, threshold: float = HOLE_INK) -> int:
+    """Number of holes of one (H, W) image: background regions not connected to the border.
+
+    Background is labelled with 4-connectivity (``scipy.ndimage.label``'s default), the
+    topologically consistent partner of 8-connected ink: a diagonal gap in a stroke does not open
+    a loop.
+    """
+    from scipy import ndimage
+
+    bg = np.asarray(image) <= threshold  # (H, W) background pixels
+    lab, n = ndimage.label(bg)
+    border = set(np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))) - {0}
+    return int(sum(1 for i in range(1, n + 1) if i not in border))
+
+
+def longest_run(mask: np.ndarray, axis: int) -> int:
+    """Longest run of consecutive True values along ``axis`` (1: within rows, 0: within columns)."""
+    m = np.asarray(mask, dtype=bool)
+    if axis == 0:
+        m = m.T
+    best = 0
+    for row in m:
+        cur = 0
+        for v in row:
+            cur = cur + 1 if v else 0
+            best = max(best, cur)
+    return best
+
+
+def concept_labels(images: torch.Tensor, labels=None) -> tuple[np.ndarray, list[str]]:
+    """Binary concept matrix of the images: ``(N, n_concepts)`` bool, and the concept names.
+
+    With ``labels`` (N,) the ten digit classes come first (``"digit 0"`` ... ``"digit 9"``), then
+    the stroke concepts of :data:`STROKE_CONCEPTS`; without labels only the stroke concepts.
+    """
+    images = _check_images(images)
+    x = images[:, 0].detach().cpu().numpy()  # (N, H, W)
+    holes = np.array([closed_loops(im) for im in x])
+    ink = x > RUN_INK
+    hrun = np.array([longest_run(m, axis=1) for m in ink])
+    vrun = np.array([longest_run(m, axis=0) for m in ink])
+    strokes = np.stack([holes >= 1, holes >= 2, hrun >= BAR_RUN, vrun >= STROKE_RUN], 1)
+    if labels is None:
+        return strokes, list(STROKE_CONCEPTS)
+    y = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels).reshape(-1)
+    if len(y) != len(x):
+        raise _bad("labels", f"{len(y)} labels", f"one label per image ({len(x)})")
+    digits = y[:, None] == np.arange(10)[None, :]
+    return np.concatenate([digits, strokes], 1), list(CONCEPTS)
+
+
+# --------------------------------------------------------------------------------------------
+# Alignment
+# --------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def channel_activations(model, images: torch.Tensor, layer: str = LAYER, reduce: str = "mean",
+                        batch: int = 512) -> torch.Tensor:
+    """Pre-activations of every channel of ``layer`` (its input): (N, C) means, or (N, C, H, W) maps."""
+    if reduce not in ("mean", "map"):
+        raise _bad("reduce", reduce, "'mean' or 'map'")
+    images = _check_images(images)
+    module = resolve_module(model, layer)
+    out = []
+    for i in range(0, len(images), batch):
+        with capture_activation(module) as store:
+            model(images[i : i + batch])
+        a = store["input"]  # (B, C, H, W)
+        out.append(a.mean((2, 3)) if reduce == "mean" else a)
+    return torch.cat(out)
+
+
+def alignment_scores(activations, concepts) -> np.ndarray:
+    """Point-biserial correlation r of every channel with every concept: (C, K), values in [-1, 1].
+
+    ``activations`` (N, C): one scalar per image and channel; ``concepts`` (N, K) 0/1 labels.
+    A concept or channel that is constant over the images has no defined correlation: r = 0.
+    """
+    a = np.asarray(activations, dtype=np.float64)
+    c = np.asarray(concepts, dtype=np.float64)
+    if a.ndim != 2 or c.ndim != 2 or len(a) != len(c):
+        raise _bad("activations, concepts", (a.shape, c.shape), "arrays (N, C) and (N, K) with the same N")
+    a = a - a.mean(0)
+    c = c - c.mean(0)
+    num = a.T @ c  # (C, K)
+    den = np.sqrt((a**2).sum(0))[:, None] * np.sqrt((c**2).sum(0))[None, :]
+    r = np.divide(num, den, out=np.zeros_like(num), where=den > 0)
+    return np.clip(r, -1.0, 1.0)
+
+
+@dataclass
+class AlignmentTable:
+    """Alignment of every channel of the neuron layer with every concept, over one data set."""
+
+    scores: np.ndarray  # (C, K) point-biserial r
+    concepts: list  # K concept names
+    activations: torch.Tensor  # (N, C) channel-mean pre-activations of the images
+    labels: np.ndarray  # (N, K) bool concept labels
+    images: torch.Tensor  # (N, 1, H, W) the images the table was computed on
+    digit_labels: torch.Tensor  # (N,) digit classes
+
+    def best_channel(self, concept: str) -> tuple[int, float]:
+        """The channel most aligned with ``concept`` and its r."""
+        if concept not in self.concepts:
+            raise _bad("concept", concept, f"one of {self.concepts}")
+        k = self.concepts.index(concept)
+        ch = int(np.argmax(self.scores[:, k]))
+        return ch, float(self.scores[ch, k])
+
+    def best_concept(self, channel: int) -> tuple[str, float]:
+        """The concept ``channel`` is most aligned with and its r."""
+        _check_channel(channel, self.scores.shape[0])
+        k = int(np.argmax(self.scores[channel]))
+        return self.concepts[k], float(self.scores[channel, k])
+
+    def rows(self) -> list[dict]:
+        """One row per concept: its share of the images, best channel and that channel's r."""
+        out = []
+        for k, name in enumerate(self.concepts):
+            ch, r = self.best_channel(name)
+            out.append({"concept": name, "share": float(self.labels[:, k].mean()), "channel": ch, "r": r})
+        return out
+
+
+def _check_channel(channel, n_channels: int) -> int:
+    if not _is_int(channel) or not (0 <= int(channel) < n_channels):
+        raise _bad("channel", channel, f"an integer in [0, {n_channels - 1}] (channels of {LAYER})")
+    return int(channel)
+
+
+def alignment_table(model, images: torch.Tensor, labels, layer: str = LAYER) -> AlignmentTable:
+    """Concept labels, channel-mean pre-activations and their correlations for a labelled image set."""
+    concepts, names = concept_labels(images, labels)
+    acts = channel_activations(model, images, layer)
+    return AlignmentTable(alignment_scores(acts, concepts), names, acts, concepts, images,
+                          torch.as_tensor(np.asarray(labels)))
+
+
+@dataclass
+class SelectedNeuron:
+    channel: int  # channel of the neuron layer
+    concept: str  # the concept it is most aligned with (among those allowed)
+    alignment: float  # point-biserial r with that concept
+
+
+def select_neurons(table: AlignmentTable, k: int = 3, concepts=None) -> list[SelectedNeuron]:
+    """``k`` channels with high alignment for ``k`` different concepts (thesis Appendix .5.1).
+
+    Greedy: over all (channel, concept) pairs allowed by ``concepts`` (default: all), take the
+    pair with the highest r, then the next one whose concept *and* channel are both new, until
+    ``k`` are chosen. Returned in the order chosen (highest r first).
+    """
+    names = list(table.concepts) if concepts is None else list(concepts)
+    for c in names:
+        if c not in table.concepts:
+            raise _bad("concepts", c, f"names among {table.concepts}")
+    if not _is_int(k) or not (1 <= k <= len(names)):
+        raise _bad("k", k, f"an integer in [1, {len(names)}] (one neuron per distinct concept)")
+    cols = [table.concepts.index(c) for c in names]
+    s = table.scores[:, cols]  # (C, K')
+    order = np.dstack(np.unravel_index(np.argsort(-s, axis=None), s.shape))[0]
+    chosen: list[SelectedNeuron] = []
+    used_ch, used_c = set(), set()
+    for ch, j in order:
+        if int(ch) in used_ch or j in used_c:
+            continue
+        chosen.append(SelectedNeuron(int(ch), names[j], float(s[ch, j])))
+        used_ch.add(int(ch))
+        used_c.add(j)
+        if len(chosen) == k:
+            break
+    return chosen
+
+
+def choose_neurons(table: AlignmentTable, neurons="auto", concept_set: str = "all", k: int = 3) -> list[SelectedNeuron]:
+    """The notebook's choice: ``"auto"`` = :func:`select_neurons` among ``concept_set``
+    (``"all"``, ``"digits"`` or ``"strokes"``); or a list of channels, each paired with the
+    concept of ``concept_set`` it is most aligned with."""
+    if concept_set not in CONCEPT_SETS:
+        raise _bad("concept_set", concept_set, f"one of {tuple(CONCEPT_SETS)}")
+    allowed = list(CONCEPT_SETS[concept_set])
+    if isinstance(neurons, str) and neurons == "auto":
+        return select_neurons(table, k, concepts=allowed)
+    n_ch = table.scores.shape[0]
+    if not isinstance(neurons, (list, tuple)) or not neurons or not all(_is_int(c) for c in neurons):
+        raise _bad("neurons", neurons, f"'auto' or a non-empty list of channel integers in [0, {n_ch - 1}]")
+    cols = [table.concepts.index(c) for c in allowed]
+    out = []
+    for ch in neurons:
+        ch = _check_channel(ch, n_ch)
+        j = int(np.argmax(table.scores[ch, cols]))
+        out.append(SelectedNeuron(ch, allowed[j], float(table.scores[ch, cols[j]])))
+    return out
+
+
+def top_activating(table: AlignmentTable, channel: int, n: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices (into ``table.images``) of the ``n`` images with the highest channel-mean pre-activation, and those values."""
+    channel = _check_channel(channel, table.activations.shape[1])
+    if not _is_int(n) or not (1 <= n <= len(table.activations)):
+        raise _bad("n", n, f"an integer in [1, {len(table.activations)}]")
+    vals, idx = torch.topk(table.activations[:, channel], n)
+    return idx, vals
+
+
+def top_image_rows(table: AlignmentTable, chosen, n: int = 8) -> list[dict]:
+    """Rows for :func:`equidiff.plots.neuron_top_images`: each neuron's ``n`` top-activating images."""
+    rows = []
+    for s in chosen:
+        idx, vals = top_activating(table, s.channel, n)
+        rows.append({"channel": s.channel, "concept": s.concept, "alignment": s.alignment,
+                     "images": table.images[idx], "values": vals, "labels": table.digit_labels[idx]})
+    return rows
+
+
+def html_table(header, rows, note: str = "") -> str:
+    """A plain HTML table (the book renders notebook HTML outputs as they are; no pandas needed)."""
+    import html
+
+    esc = lambda v: html.escape(str(v))  # noqa: E731
+    head = "".join(f"<th>{esc(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{esc(v)}</td>" for v in row) + "</tr>" for row in rows)
+    foot = f"<p><small>{esc(note)}</small></p>" if note else ""
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{foot}"
+
+
+def alignment_html(table: AlignmentTable) -> str:
+    """Per concept: its share of the images, the most aligned channel and its r (HTML table)."""
+    rows = [(r["concept"], f"{r['share']:.2f}", f"#{r['channel']}", f"{r['r']:.2f}") for r in table.rows()]
+    return html_table(("Concept", "share of images", "best channel", "r"), rows)
+
+
+# --------------------------------------------------------------------------------------------
+# Section 4.2.2 protocol
+# --------------------------------------------------------------------------------------------
+
+
+def resolve_profile(profile: str) -> dict:
+    """Defaults of a profile; ``"paper"`` is not part of this chapter yet."""
+    if profile == "paper":
+        neurons = ", ".join(f"{k} ({v})" for k, v in PAPER_NEURONS.items())
+        raise ValueError(
+            "profile 'paper' arrives with the paper-scale issue (ResNet-50 + latent DiT); its default "
+            f"neurons will be ResNet-50 last-stage channels {neurons}. Use profile 'cpu' or 'smoke'."
+        )
+    if profile not in PROFILES:
+        raise _bad("profile", profile, f"one of {tuple(PROFILES)}")
+    return dict(PROFILES[profile])
+
+
+@dataclass
+class NeuronRun:
+    """One neuron's invariant set (Section 4.2.2) and its Table 4.1 metrics."""
+
+    channel: int
+    concept: str
+    alignment: float
+    query: torch.Tensor  # (1, 1, H, W) the strongest-activating image x*
+    query_index: int  # its index in the image set searched
+    query_label: int  # its digit class
+    query_map: torch.Tensor  # (H', W') its pre-activation map (the target, 16 values)
+    result: object  # InvariantResult
+    predicted: torch.Tensor  # (N,) the classifier's class for each sample
+    metrics: dict = field(default_factory=dict)
+
+    @property
+    def description(self) -> str:
+        return f"neuron {self.channel} ({self.concept}, r = {self.alignment:.2f})"
+
+
+def run_neuron(
+    classifier,
+    ddpm,
+    channel: int,
+    table: AlignmentTable,
+    real_images: torch.Tensor,
+    *,
+    concept: str | None = None,
+    profile: str = "cpu",
+    n_samples: int | None = None,
+    steps: int | None = None,
+    ddim_steps: int | None = None,
+    tau: float = 0.01,
+    lr: float = 0.1,
+    seed: int = 0,
+) -> NeuronRun:
+    """Thesis Section 4.2.2 for one channel of :data:`LAYER`.
+
+    1. query x* = the image of ``table.images`` with the highest channel-mean pre-activation;
+    2. constraint: the channel's whole pre-activation map, n(x) = n(x*) (16 values on 4×4);
+    3. ``n_samples`` invariant samples from ``find_invariants`` through ``PixelDDIMPrior``
+       (``ddim_steps`` DDIM steps, Adam with ``lr``, threshold ``tau``, budget ``steps``);
+    4. metrics: per-sample L2 = Σ(n(x) − n(x*))² over the 16 values (the Algorithm 1 loss) and
+       L1 = Σ|·|, the FID in the digits classifier's feature space against ``real_images``, and
+       diversity (mean pairwise distance of the samples in that feature space).
+
+    ``classifier`` and ``ddpm`` are :class:`equidiff.zoo.ZooModel` (or the bare modules; the
+    ddpm needs ``.model`` and ``.scheduler``). Profile defaults fill ``n_samples``, ``steps``
+    and ``ddim_steps`` when they are None.
+    """
+    from .diffusion import PixelDDIMPrior
+    from .invariants import InvariantConfig, find_invariants
+    from .metrics import classifier_features, diversity, feature_fid, l1_l2
+
+    defaults = resolve_profile(profile)
+    n_samples = defaults["n_samples"] if n_samples is None else n_samples
+    steps = defaults["steps"] if steps is None else steps
+    ddim_steps = defaults["ddim_steps"] if ddim_steps is None else ddim_steps
+    if not _is_int(n_samples) or n_samples < 2:
+        raise _bad("n_samples", n_samples, "an integer ≥ 2 (FID and diversity need two samples)")
+    if not _is_int(ddim_steps) or ddim_steps < 1:
+        raise _bad("ddim_steps", ddim_steps, "an integer ≥ 1")
+    real_images = _check_images(real_images)
+    if len(real_images) < 2:
+        raise _bad("real_images", len(real_images), "at least 2 images")
+    clf = getattr(classifier, "model", classifier)
+    channel = _check_channel(channel, table.activations.shape[1])
+    if concept is None:
+        concept, r = table.best_concept(channel)
+    else:
+        if concept not in table.concepts:
+            raise _bad("concept", concept, f"one of {table.concepts}")
+        r = float(table.scores[channel, table.concepts.index(concept)])
+
+    # Step 1: the query that activates the neuron most strongly.
+    idx, _ = top_activating(table, channel, 1)
+    qi = int(idx[0])
+    query = table.images[qi : qi + 1]  # (1, 1, H, W)
+    # Step 2: the whole pre-activation map of the channel (read before the final activation).
+    objective = neuron_map(clf, LAYER, channel, reduce="map", read="input", name="digits ResNet")
+    # Step 3: EquiDiff (Algorithm 1) through the deterministic DDIM prior.
+    prior = PixelDDIMPrior(ddpm.model, ddpm.scheduler, num_steps=ddim_steps, checkpointing=True, clamp=False)
+    cfg = InvariantConfig(n_samples=n_samples, steps=steps, tau=tau, optimizer="adam", lr=lr, seed=seed)
+    result = find_invariants(objective, query, prior, cfg)
+
+    # Step 4: metrics.
+    l1, l2 = l1_l2(result.measurements, result.target)  # (N,), (N,)
+    # the images as shown; the loss was measured on the unclamped chain output (clamp=False), which
+    # the scheduler's clip_sample keeps in [-1, 1] in practice, so this is a safeguard
+    x = result.x.clamp(-1, 1)
+    with torch.no_grad():
+        predicted = clf(x).argmax(1)
+    feats = classifier_features(clf, x)
+    gen = torch.Generator().manual_seed(seed)
+    ref = table.images[torch.randperm(len(table.images), generator=gen)[:n_samples]]
+    same = table.images[table.digit_labels == table.digit_labels[qi]]
+    same = same[torch.randperm(len(same), generator=gen)[:n_samples]]
+    done = result.steps_to_converge[result.converged].float()
+    metrics = {
+        "channel": channel,
+        "concept": concept,
+        "alignment": r,
+        "query_index": qi,
+        "query_label": int(table.digit_labels[qi]),
+        "query_top_activation": float(result.target.max()),
+        "query_mean_activation": float(result.target.mean()),
+        "n_samples": n_samples,
+        "l2_mean": float(l2.mean()),
+        "l2_std": float(l2.std()) if n_samples > 1 else 0.0,
+        "l2_median": float(l2.median()),  # the L2 distribution is heavy-tailed: a few samples lag far behind
+        "l1_mean": float(l1.mean()),
+        # L2 relative to the target's own size Σ n(x*)²: a scale-free reading of the error
+        "l2_relative": float(l2.mean() / (result.target**2).sum()),
+        # FID in the digits classifier's feature space (not Inception), samples vs real test digits
+        "fid": feature_fid(clf, x, real_images),
+        # the same FID for n_samples real training digits: the floor this sample size allows
+        "fid_real_reference": feature_fid(clf, ref, real_images),
+        "diversity": diversity(feats),
+        # diversity of n_samples real training digits of the query's class, for scale
+        "diversity_same_class_reference": diversity(classifier_features(clf, same)),
+        "same_class_rate": float((predicted == int(table.digit_labels[qi])).float().mean()),
+        "success_rate": result.success_rate,
+        "steps": float(done.median()) if done.numel() else None,
+        "seconds": result.seconds,
+    }
+    qmap = result.target.reshape(int(math.isqrt(result.target.numel())), -1)
+    return NeuronRun(channel, concept, r, query, qi, int(table.digit_labels[qi]), qmap, result, predicted, metrics)
+
+
+def table_rows(runs) -> list[dict]:
+    """Table 4.1 rows: per neuron, then the average (means of the per-neuron numbers; the
+    average L2 "±" is the mean of the per-neuron standard deviations, as in the thesis' table)."""
+    keys = ("l2_mean", "l2_std", "l2_median", "l2_relative", "l1_mean", "fid", "fid_real_reference", "diversity",
+            "same_class_rate", "success_rate")
+    rows = [{"neuron": f"#{r.channel}", "concept": r.concept, "alignment": r.alignment,
+             **{k: r.metrics[k] for k in keys}} for r in runs]
+    if rows:
+        avg = {k: float(np.mean([row[k] for row in rows])) for k in keys}
+        rows.append({"neuron": "Average", "concept": "–",
+                     "alignment": float(np.mean([r.alignment for r in runs])), **avg})
+    return rows
+
+
+def table_html(runs, tau: float) -> str:
+    """Table 4.1 analogue as an HTML table: one row per neuron, then the average."""
+    header = ("Neuron", "Concept", "r", "L2 loss (mean ± std)", "L2 median", "L2 / Σn(x*)²", "L1",
+              "FID, classifier features (real-digit floor)", "diversity", "same class as x*", "below τ")
+    rows = [(row["neuron"], row["concept"], f"{row['alignment']:.2f}",
+             f"{row['l2_mean']:.3g} ± {row['l2_std']:.3g}", f"{row['l2_median']:.3g}",
+             f"{row['l2_relative']:.3f}", f"{row['l1_mean']:.3g}",
+             f"{row['fid']:.1f} ({row['fid_real_reference']:.1f})", f"{row['diversity']:.2f}",
+             f"{row['same_class_rate']:.2f}", f"{row['success_rate']:.2f}") for row in table_rows(runs)]
+    note = (f"L2 = Σ over the 16 map values of (n(x) − n(x*))² per sample, mean ± standard deviation over the "
+            f"samples; L2 / Σn(x*)²: mean L2 relative to the size of the target; τ = {tau:g}. The real-digit "
+            "floor is the same FID for as many real training digits: about the best this sample size allows.")
+    return html_table(header, rows, note)
