@@ -105,12 +105,13 @@ def main() -> None:
     if a.markdown:
         md = ["| setting | success within B | steps to τ (median) | mean \\|z_T\\| / √d | share labelled with confidence ≥ 0.9 | FID in classifier features | HF power share |",
               "| --- | --- | --- | --- | --- | --- | --- |"]
+        esc = lambda s: s.replace("|", "\\|")  # noqa: E731  (a bare | would split the table cell)
         for r in rows:
             if "diverged" in r:
-                md.append(f"| {r['setting']} | diverged | | | | | |")
+                md.append(f"| {esc(r['setting'])} | diverged | | | | | |")
                 continue
             f = lambda v, spec: "n/a" if v is None else format(v, spec)  # noqa: E731
-            md.append(f"| {r['setting']} | {r['success_rate']:.2f} | {f(r['steps_median'], '.0f')} | "
+            md.append(f"| {esc(r['setting'])} | {r['success_rate']:.2f} | {f(r['steps_median'], '.0f')} | "
                       f"{r['z_norm_ratio']:.2f} | {f(r['confident_share'], '.2f')} | "
                       f"{f(r['fid_classifier'], '.1f')} | {f(r['high_freq_share'], '.3f')} |")
         md.append(f"| *real test digits* | | | | | {real['fid_classifier_real_vs_train']:.1f} (vs train) | "
