@@ -38,6 +38,8 @@ from __future__ import annotations
 from typing import Optional, Protocol, runtime_checkable
 
 import torch
+
+from ._validate import is_int as _is_int
 from torch.utils.checkpoint import checkpoint
 
 __all__ = ["Prior", "PixelDDIMPrior", "LatentDiTPrior"]
@@ -57,9 +59,6 @@ class Prior(Protocol):
         """Map latents (B, ...) to samples (B, ...), differentiably in ``z``."""
         ...
 
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _ddim_from(scheduler):

@@ -24,6 +24,7 @@ from typing import Callable, Iterator, Optional
 
 import torch
 
+from ._validate import bad as _bad, is_int as _is_int, is_num as _is_num
 from .objectives import Objective
 
 __all__ = [
@@ -39,16 +40,7 @@ _OPTIMIZERS = ("adam", "sgd", "newton")
 _REDUCTIONS = ("sum", "mean")
 
 
-def _bad(field_name: str, value, allowed: str) -> ValueError:
-    return ValueError(f"{field_name} must be {allowed}, got {value!r}")
 
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 @dataclass

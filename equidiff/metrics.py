@@ -53,8 +53,7 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
         raise ValueError(f"frechet_distance needs at least 2 samples per set, got {len(a)} and {len(b)}")
     mu1, mu2 = a.mean(0), b.mean(0)
     s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean, _ = linalg.sqrtm(s1 @ s2, disp=False)
-    covmean = covmean.real
+    covmean = np.real(linalg.sqrtm(s1 @ s2))
     return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
 
 

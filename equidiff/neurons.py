@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ._validate import bad as _bad
 from .objectives import capture_activation, neuron_map, resolve_module
 
 __all__ = [
@@ -87,10 +88,6 @@ HOLE_INK = -0.25  # a pixel is ink for the loop test if its value is > -0.25 (in
 RUN_INK = 0.0  # a pixel is ink for the bar / stroke tests if its value is > 0 (intensity > 0.5)
 BAR_RUN = 10  # horizontal bar: some row holds ≥ 10 consecutive ink pixels (of 16)
 STROKE_RUN = 14  # vertical stroke: some column holds ≥ 14 consecutive ink pixels (of 16)
-
-
-def _bad(name: str, value, allowed: str) -> ValueError:
-    return ValueError(f"{name} must be {allowed}, got {value!r}")
 
 
 def _is_int(v) -> bool:

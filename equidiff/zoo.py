@@ -63,6 +63,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._validate import bad as _bad, is_int as _is_int, is_num as _is_num
 from . import cache
 
 __all__ = [
@@ -119,16 +120,7 @@ _NOT_INPLACE = {
 }
 
 
-def _bad(field_name: str, value, allowed: str) -> ValueError:
-    return ValueError(f"{field_name} must be {allowed}, got {value!r}")
 
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 # --------------------------------------------------------------------------------------------
