@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-__all__ = ["cache_root", "config_hash", "model_dir", "save_state", "load_state"]
+__all__ = ["cache_root", "config_hash", "model_dir", "save_state", "load_state", "load_or_train"]
 
 _REPO = Path(__file__).resolve().parent.parent
 
@@ -51,3 +51,18 @@ def load_state(module: torch.nn.Module, folder: Path) -> dict:
     """Load weights into ``module``; returns the stored config.json contents."""
     module.load_state_dict(load_file(str(folder / "model.safetensors")))
     return json.loads((folder / "config.json").read_text())
+
+
+def load_or_train(name: str, config, version: str, module: torch.nn.Module, train, cache_dir=None):
+    """``(model, info)`` from the cache folder of ``config``, or ``train()`` and cache its result.
+
+    ``module`` is a freshly built model to load the weights into; ``train()`` returns
+    ``(model, info)``. ``info`` is what training recorded (e.g. accuracy, seconds).
+    """
+    folder = model_dir(name, config, version, cache_dir)
+    if (folder / "model.safetensors").exists():
+        info = load_state(module, folder)
+        return module.eval(), {k: v for k, v in info.items() if k != "config"}
+    model, info = train()
+    save_state(model, folder, config, info)
+    return model, info

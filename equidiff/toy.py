@@ -134,15 +134,8 @@ def train_classifier(cfg: CirclesConfig = CirclesConfig()) -> tuple[CircleMLP, d
 
 def load_classifier(cfg: CirclesConfig = CirclesConfig(), cache_dir=None) -> tuple[CircleMLP, dict]:
     """The cached classifier for ``cfg`` (trained and cached on first use)."""
-    folder = cache.model_dir("circles-mlp", cfg, _VERSION, cache_dir)
-    model = CircleMLP(cfg.hidden)
-    if (folder / "model.safetensors").exists():
-        info = cache.load_state(model, folder)
-        model.eval()
-        return model, {k: v for k, v in info.items() if k != "config"}
-    model, info = train_classifier(cfg)
-    cache.save_state(model, folder, cfg, info)
-    return model, info
+    return cache.load_or_train("circles-mlp", cfg, _VERSION, CircleMLP(cfg.hidden),
+                               lambda: train_classifier(cfg), cache_dir)
 
 
 def probability_of(model: nn.Module, points) -> np.ndarray:
@@ -378,15 +371,8 @@ class ToyDDIMPrior(_DDIMChain):
 
 def load_prior(cfg: ToyPriorConfig = ToyPriorConfig(), cache_dir=None, progress: bool = False):
     """The cached 2D denoiser for ``cfg`` (trained and cached on first use)."""
-    folder = cache.model_dir("toy-ddpm", cfg, _VERSION, cache_dir)
-    model = ToyDenoiser(cfg.hidden)
-    if (folder / "model.safetensors").exists():
-        info = cache.load_state(model, folder)
-        model.eval()
-        return model, {k: v for k, v in info.items() if k != "config"}
-    model, info = train_prior(cfg, progress=progress)
-    cache.save_state(model, folder, cfg, info)
-    return model, info
+    return cache.load_or_train("toy-ddpm", cfg, _VERSION, ToyDenoiser(cfg.hidden),
+                               lambda: train_prior(cfg, progress=progress), cache_dir)
 
 
 # --------------------------------------------------------------------------- chapter helpers
