@@ -181,7 +181,8 @@ def neuron_map(model: nn.Module, layer: str, channel: int, reduce: str = "map",
     """One channel of a layer's activation: its whole spatial map (B, H·W) or its mean (B, 1).
 
     ``read="output"`` takes ``layer``'s output; ``read="input"`` its input — point it at the
-    last block's final activation (e.g. ``layer4.0.act2`` of a ResNet) to read the unbounded
+    last block's final activation (``layer4.0.act2`` of the digits BasicBlock ResNet,
+    ``layer4.2.act3`` of resnet50) to read the unbounded
     values *before* that activation, as the thesis does ("L2 losses computed on unbounded
     activation logits"): a ReLU's dead zone gives zero gradients. The hook lives only for the
     duration of each call.
@@ -192,6 +193,13 @@ def neuron_map(model: nn.Module, layer: str, channel: int, reduce: str = "map",
         raise ValueError(f"read must be 'output' or 'input', got {read!r}")
     _check_index(channel)
     module = resolve_module(model, layer)
+    if read == "input" and getattr(module, "inplace", False):
+        # an in-place activation overwrites its input before the hook's caller reads it: the
+        # "pre-activation" values would silently be post-activation (timm builds ReLUs in place)
+        raise ValueError(
+            f"layer {layer!r} is an in-place {type(module).__name__} (inplace=True), so read='input' would "
+            "see its output; set module.inplace = False first (equidiff.paper.disable_inplace does that)"
+        )
 
     def fn(x: torch.Tensor) -> torch.Tensor:
         with capture_activation(module) as store:

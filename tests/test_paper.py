@@ -235,13 +235,13 @@ def test_paper_neurons_are_read_before_the_final_relu(models):
     torch.testing.assert_close(torch.relu(pre), feats.flatten(2))
     c = int((pre < 0).flatten(1, 2).any(0).nonzero()[0])  # a channel with negative values
     # why load_classifier turns in-place activations off: timm's in-place ReLU overwrites its input,
-    # so the same hook on a stock model reads post-ReLU values
+    # so a hook reading its input would see post-ReLU values; neuron_map refuses such a layer
     stock = timm.create_model("resnet50", pretrained=False, **paper.TINY_CLASSIFIER_KWARGS).eval()
     stock.load_state_dict(clf.model.state_dict())
     assert stock.layer4[0].act3.inplace
-    stock_read = neuron_map(stock, "layer4.0.act3", c, read="input")(clf.preprocess(x))
-    assert (stock_read >= 0).all()
-    torch.testing.assert_close(stock_read, torch.relu(pre[:, c]))
+    with pytest.raises(ValueError, match=r"'layer4.0.act3' is an in-place ReLU \(inplace=True\)"):
+        neuron_map(stock, "layer4.0.act3", c, read="input")
+    assert (neuron_map(stock, "layer4.0.act3", c, read="output")(clf.preprocess(x)) >= 0).all()
     obj = paper.paper_neuron_objective(stock, c)  # the objective factory switches it off
     assert not stock.layer4[0].act3.inplace
     torch.testing.assert_close(obj(clf.preprocess(x)), pre[:, c])
