@@ -25,6 +25,7 @@ from typing import Callable, Iterator, Optional
 import torch
 
 from ._validate import bad as _bad, is_int as _is_int, is_num as _is_num
+from .lbfgs import BatchedLBFGS
 from .objectives import Objective
 
 __all__ = [
@@ -36,7 +37,7 @@ __all__ = [
     "iterate_invariants",
 ]
 
-_OPTIMIZERS = ("adam", "sgd", "newton")
+_OPTIMIZERS = ("adam", "sgd", "newton", "lbfgs")
 _REDUCTIONS = ("sum", "mean")
 
 
@@ -50,8 +51,9 @@ class InvariantConfig:
     n_samples: int = 32  # number of invariant samples (independent starting latents z_T)
     steps: int = 200  # step budget B: optimiser steps at most per sample
     tau: float = 0.01  # loss threshold τ; a sample whose loss is below it is converged and frozen
-    optimizer: str = "adam"  # "adam", "sgd" (the thesis: SGD, lr = 10) or "newton" (scalar objectives only)
-    lr: float = 0.1  # learning rate η
+    optimizer: str = "adam"  # "adam", "sgd" (the thesis: SGD, lr = 10), "lbfgs" (per sample) or "newton" (m = 1 only)
+    lr: float = 0.1  # learning rate η ("lbfgs": the longest step, as a multiple of the quasi-Newton step; 1.0)
+    lbfgs_memory: int = 20  # "lbfgs" only: (s, y) pairs kept per sample (≳ m, the number of measured values)
     momentum: float = 0.0  # SGD momentum in [0, 1); ignored by Adam
     step_size: float = 1.0  # λ: scales the combined loss (Algorithm 1, line 20)
     lowpass_cutoff: Optional[float] = None  # cutoff of the low-pass filter F in (0, 1]; None: no filtered term
@@ -77,6 +79,8 @@ class InvariantConfig:
             raise _bad("lr", self.lr, "a finite number > 0")
         if not _is_num(self.momentum) or not (0 <= self.momentum < 1):
             raise _bad("momentum", self.momentum, "a number in [0, 1)")
+        if not _is_int(self.lbfgs_memory) or self.lbfgs_memory < 1:
+            raise _bad("lbfgs_memory", self.lbfgs_memory, "an integer ≥ 1")
         if not _is_num(self.step_size) or self.step_size <= 0:
             raise _bad("step_size", self.step_size, "a finite number > 0 (λ)")
         if self.lowpass_cutoff is not None and (
@@ -101,6 +105,11 @@ class InvariantConfig:
             raise _bad(
                 "optimizer", self.optimizer,
                 "'adam' or 'sgd' when lowpass_cutoff or repulsion is set ('newton' takes neither)",
+            )
+        if self.optimizer == "lbfgs" and self.repulsion > 0:
+            raise _bad(
+                "optimizer", self.optimizer,
+                "'adam' or 'sgd' when repulsion is set (it couples the samples; 'lbfgs' keeps them apart)",
             )
         if self.checkpoint_every > 0 and not self.checkpoint_path:
             raise _bad("checkpoint_path", self.checkpoint_path, "a file path when checkpoint_every > 0")
@@ -189,7 +198,10 @@ class InvariantResult:
         }
 
 
-def _make_optimizer(params, cfg: InvariantConfig):
+def _make_optimizer(z: torch.Tensor, cfg: InvariantConfig):
+    params = [z]
+    if cfg.optimizer == "lbfgs":
+        return BatchedLBFGS(z, memory=cfg.lbfgs_memory, max_step=cfg.lr)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum)
     if cfg.optimizer == "newton":
@@ -285,7 +297,7 @@ def iterate_invariants(
         )
     n = cfg.n_samples
     z = z_init.detach().clone().requires_grad_(True)  # (N, ...) the only trainable tensor
-    opt = _make_optimizer([z], cfg)  # Algorithm 1, line 6
+    opt = _make_optimizer(z, cfg)  # Algorithm 1, line 6
     init_norm = z_init.flatten(1).norm(dim=1)  # (N,)
 
     active = torch.ones(n, dtype=torch.bool)
@@ -381,6 +393,10 @@ def iterate_invariants(
                 gi = g[rows].flatten(1)  # (K, d)
                 scale_ = r.detach() / gi.pow(2).sum(1).clamp(min=1e-12)
                 z[rows] = z[rows] - cfg.lr * (scale_[:, None] * gi).view_as(z[rows])
+        elif cfg.optimizer == "lbfgs":
+            # a per-sample quasi-Newton step on λ·L_i (equidiff/lbfgs.py): one backward pass, as for Adam
+            (g,) = torch.autograd.grad(total[keep].sum(), z)
+            opt.step(z, rows, total.detach()[keep], g[rows])
         else:
             obj = total[keep].sum()
             if cfg.repulsion > 0:

@@ -166,7 +166,8 @@ BAD = [
     ("steps", -1, r"steps must be an integer ≥ 0 \(the step budget B\), got -1"),
     ("tau", 0.0, "tau must be a finite number > 0, got 0.0"),
     ("tau", float("nan"), "tau must be a finite number > 0, got nan"),
-    ("optimizer", "lbfgs", r"optimizer must be one of \('adam', 'sgd', 'newton'\), got 'lbfgs'"),
+    ("optimizer", "bfgs", r"optimizer must be one of \('adam', 'sgd', 'newton', 'lbfgs'\), got 'bfgs'"),
+    ("lbfgs_memory", 0, "lbfgs_memory must be an integer ≥ 1, got 0"),
     ("lr", -1.0, "lr must be a finite number > 0, got -1.0"),
     ("momentum", 1.0, r"momentum must be a number in \[0, 1\), got 1.0"),
     ("step_size", 0, r"step_size must be a finite number > 0 \(λ\), got 0"),
@@ -186,6 +187,52 @@ BAD = [
 def test_config_rejects_bad_values_with_clear_message(field, value, message):
     with pytest.raises(ValueError, match=message):
         InvariantConfig(**{field: value})
+
+
+def test_lbfgs_rejects_repulsion():
+    with pytest.raises(ValueError, match=r"optimizer must be 'adam' or 'sgd' when repulsion is set"):
+        InvariantConfig(optimizer="lbfgs", repulsion=0.5)
+
+
+def _ill_conditioned():
+    """m = 6 linear measurements of a 40-dim x with singular values 1 … 0.01 (condition number 100)."""
+    g = torch.Generator().manual_seed(0)
+    u, _ = torch.linalg.qr(torch.randn(6, 6, generator=g))
+    v, _ = torch.linalg.qr(torch.randn(40, 6, generator=g))
+    a = u @ torch.diag(torch.logspace(0, -2, 6)) @ v.T  # (6, 40)
+    obj = O.Objective(lambda x: x @ a.T, "ill-conditioned linear map")
+    return obj, torch.randn(1, 40, generator=g)
+
+
+def test_lbfgs_reaches_tau_where_adam_stalls():
+    """The neuron-map situation in miniature: a sum of squares of m ≪ d badly scaled residuals."""
+    obj, q = _ill_conditioned()
+    common = dict(n_samples=8, steps=60, tau=1e-8, seed=3)
+    lb = find_invariants(obj, q, None, InvariantConfig(optimizer="lbfgs", lr=1.0, **common))
+    adam = find_invariants(obj, q, None, InvariantConfig(optimizer="adam", lr=0.05, **common))
+    assert lb.success_rate == 1.0
+    assert adam.success_rate == 0.0 and adam.loss.min() > 1e3 * common["tau"]
+    recomputed = ((obj(lb.x) - obj(q)) ** 2).sum(1)
+    assert torch.all(recomputed < common["tau"])
+
+
+def test_lbfgs_samples_are_independent_and_resume_exactly(tmp_path):
+    obj, q = _setup()
+    cfg = dict(steps=40, tau=1e-10, optimizer="lbfgs", lr=1.0)
+    batch = find_invariants(obj, q, None, InvariantConfig(n_samples=5, seed=2, **cfg))
+    assert batch.success_rate == 1.0
+    for i in (0, 3):
+        one = find_invariants(obj, q, None, InvariantConfig(n_samples=1, **cfg), z_init=batch.z_init[i : i + 1])
+        assert torch.allclose(one.z[0], batch.z[i], atol=1e-5)
+        assert one.steps_to_converge[0] == batch.steps_to_converge[i]
+    ck = str(tmp_path / "lbfgs.ckpt")
+    resumable = InvariantConfig(n_samples=5, seed=2, checkpoint_path=ck, checkpoint_every=2, **cfg)
+    for s in iterate_invariants(obj, q, None, resumable):
+        if s.step == 5:
+            break  # the last checkpoint holds the L-BFGS history after step 3
+    resumed = find_invariants(obj, q, None, resumable)
+    assert torch.equal(resumed.z, batch.z)
+    assert torch.equal(resumed.steps_to_converge, batch.steps_to_converge)
 
 
 def test_newton_rejects_filter():
