@@ -149,7 +149,7 @@ def test_configs_accept_lists_and_presets_are_valid():
     cfg = zoo.DDPMConfig(block_out_channels=[16, 32], attention=[False, True])
     assert cfg.block_out_channels == (16, 32) and cfg.attention == (False, True)
     for make in zoo.PRESETS.values():
-        assert isinstance(make(), (zoo.DDPMConfig, zoo.ClassifierConfig))
+        assert isinstance(make(), (zoo.DDPMConfig, zoo.ClassifierConfig, zoo.ViTConfig))
 
 
 def test_get_model_rejects_unknown_names():
@@ -324,3 +324,58 @@ def test_real_models_meet_their_targets():
     r = zoo.quality_gate(ddpm.model, ddpm.scheduler, clf.model)
     assert r.share >= 0.75, r.summary()
     assert min(r.class_counts()) > 0  # every digit class is generated
+
+
+# ----------------------------------------------------------------------------- ViT (SAE chapter)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(patch_size=3), r"patch_size must be one of \(2, 4, 8\) \(pixels; it must divide 16\), got 3"),
+        (dict(embed_dim=10, num_heads=4), r"embed_dim must be an integer ≥ 1 divisible by num_heads \(4\), got 10"),
+        (dict(depth=0), r"depth must be an integer ≥ 1, got 0"),
+        (dict(mlp_ratio=0), r"mlp_ratio must be a finite number > 0, got 0"),
+        (dict(label_smoothing=1.0), r"label_smoothing must be a number in \[0, 1\), got 1.0"),
+        (dict(train_steps=0), r"train_steps must be an integer ≥ 1, got 0"),
+    ],
+)
+def test_vit_config_validation(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        zoo.ViTConfig(**kwargs)
+
+
+def test_vit_preset_trains_caches_and_exposes_the_residual_stream(tmp_path):
+    from equidiff.objectives import capture_activation
+
+    vit = zoo.get_model("digits-vit-tiny", tmp_path, progress=False)
+    assert vit.kind == "vit" and vit.trained_now and vit.scheduler is None
+    assert sorted(p.name for p in vit.path.iterdir()) == ["config.json", "model.safetensors"]
+    assert 0.0 <= vit.info["test_accuracy"] <= 1.0 and vit.info["n_params"] > 0
+    again = zoo.get_model("digits-vit-tiny", tmp_path, progress=False)
+    assert not again.trained_now and again.path == vit.path
+    for (k, a), (_, b) in zip(vit.model.state_dict().items(), again.model.state_dict().items()):
+        assert torch.equal(a, b), k
+    retrained, _ = zoo.train_vit(zoo.PRESETS["digits-vit-tiny"]())  # deterministic: same config, same weights
+    assert all(torch.equal(a, b) for a, b in zip(retrained.state_dict().values(), vit.model.state_dict().values()))
+    x, _ = zoo.load_digits16("test")
+    with capture_activation(again.model.blocks[1]) as store:
+        logits = again.model(x[:3])
+    # 16 patches of 4×4 pixels plus the class token, width embed_dim = 16
+    assert logits.shape == (3, 10) and store["output"].shape == (3, 17, 16)
+    assert not any(getattr(m, "inplace", False) for m in again.model.modules())
+
+
+def test_adding_the_vit_kept_the_existing_cache_folders():
+    """The DDPM and classifier presets still hash to the folders of the models cached before the ViT
+    existed (change these names only when retraining them is intended)."""
+    assert zoo.model_folder(zoo.PRESETS["digits-ddpm"](), "digits-ddpm").name == "digits-ddpm-a0f7986ad941"
+    assert zoo.model_folder(zoo.PRESETS["digits-classifier"](), "digits-classifier").name == (
+        "digits-classifier-4ca33a7e3a5f")
+
+
+@pytest.mark.slow
+def test_real_vit_meets_its_target():
+    """The cached digits ViT (trains it, ~1.5 minutes on one core, if it is not cached)."""
+    vit = zoo.get_model("digits-vit")
+    assert zoo.classifier_accuracy(vit.model, "test") >= 0.95
