@@ -15,7 +15,8 @@ before the final activation) and a class-probability objective, with a batch of 
   its time is scaled to the batch);
 * overhead ratio = checkpointed step time / (T × one denoiser forward+backward + objective);
 * share of spectral power above half Nyquist: real digits, EquiDiff samples, and the pixel-space
-  baseline (the same loop optimising x directly from N(0, I), no prior).
+  baseline (``equidiff.baselines.pixel_invariants``: the same loop optimising the image itself,
+  x = 2·sigmoid(u) − 1 from a near-grey start as in Lucent, no prior).
 
 All ratios are measured side by side in one run. ``--quick`` runs a reduced version (batch 8,
 T = 10/20, B = 60) for checks.
@@ -37,10 +38,13 @@ import torch
 
 from equidiff import filters, zoo
 from equidiff.diffusion import PixelDDIMPrior
-from equidiff.invariants import IdentityPrior, InvariantConfig, find_invariants, iterate_invariants
+from equidiff.baselines import pixel_invariants
+from equidiff.invariants import InvariantConfig, find_invariants, iterate_invariants
 from equidiff.objectives import capture_activation, class_probability, neuron_map, resolve_module
 
 NEURON_LAYER = "layer4.0.act2"  # input of the last block's final activation: pre-activation values
+LR = {"adam": 0.1, "lbfgs": 1.0}  # Adam: the sweep's best rate; L-BFGS: the full quasi-Newton step
+OPTIMIZERS = {"neuron": "lbfgs", "probability": "adam"}  # what the chapters use for each objective
 
 
 def _rss_kib(field: str) -> int:
@@ -155,7 +159,7 @@ def main() -> None:
     }
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {a.threads}")
     print(f"query: test digit #{a.query_index} (label {label}); neuron {channel} of {NEURON_LAYER} (4×4 map); "
-          f"batch {n}, τ = {tau}, B = {budget}, Adam lr 0.1\n")
+          f"batch {n}, τ = {tau}, B = {budget}; Adam lr {LR['adam']}, L-BFGS (per sample) step {LR['lbfgs']}\n")
 
     def prior(T, ck=True):
         return PixelDDIMPrior(ddpm.model, ddpm.scheduler, num_steps=T, checkpointing=ck, clamp=False)
@@ -181,38 +185,48 @@ def main() -> None:
         print(f"checkpointed peak memory T = {ts[-1]} / T = 10: {mem_ratio:.2f}")
 
     # --- convergence, batched vs one at a time, at T = 10 -----------------------------------
-    results, samples = {}, {}
-    print(f"\n{'objective':<12} {'success':>8} {'steps med':>10} {'steps max':>10} {'wall s':>8} "
+    # Every objective with both optimisers side by side; the batched-vs-loop comparison uses the
+    # optimiser the chapters use for that objective (OPTIMIZERS[name]).
+    results, samples, by_opt = {}, {}, {}
+    print(f"\n{'objective':<12} {'optimizer':<10} {'success':>8} {'steps med':>10} {'steps max':>10} {'wall s':>8} "
           f"{'loop s':>8} {'speed-up':>9}")
     for name, objective in objectives.items():
-        cfg = InvariantConfig(n_samples=n, steps=budget, tau=tau, lr=0.1, seed=0)
-        t0 = time.perf_counter()
-        res = find_invariants(objective, query, prior(10), cfg)
-        wall = time.perf_counter() - t0
-        n_loop = min(n, a.loop_samples)
-        t0 = time.perf_counter()
-        for i in range(n_loop):
-            find_invariants(objective, query, prior(10),
-                            InvariantConfig(n_samples=1, steps=budget, tau=tau, lr=0.1), z_init=res.z_init[i : i + 1])
-        loop = (time.perf_counter() - t0) * n / n_loop
-        done = res.steps_to_converge[res.converged].float()
-        results[name] = {
-            "success_rate": res.success_rate,
-            "wall_s": wall,
-            "loop_s": loop,
-            "steps_median": float(done.median()) if len(done) else None,
-            "steps_max": int(done.max()) if len(done) else None,
-        }
-        samples[name] = res
-        r = results[name]
-        med = "n/a" if r["steps_median"] is None else f"{r['steps_median']:.0f}"
-        mx = "n/a" if r["steps_max"] is None else str(r["steps_max"])
-        print(f"{name:<12} {r['success_rate']:>8.2f} {med:>10} {mx:>10} {wall:>8.1f} {loop:>8.1f} {loop / wall:>8.1f}×"
-              + (f"  (loop: first {n_loop} of {n} samples, time scaled ×{n / n_loop:g})" if n_loop < n else ""))
+        for opt in ("adam", "lbfgs"):
+            lr = LR[opt]
+            cfg = InvariantConfig(n_samples=n, steps=budget, tau=tau, optimizer=opt, lr=lr, seed=0)
+            t0 = time.perf_counter()
+            res = find_invariants(objective, query, prior(10), cfg)
+            wall = time.perf_counter() - t0
+            done = res.steps_to_converge[res.converged].float()
+            r = {
+                "success_rate": res.success_rate,
+                "wall_s": wall,
+                "steps_median": float(done.median()) if len(done) else None,
+                "steps_max": int(done.max()) if len(done) else None,
+                "loss_median": float(res.loss.median()),
+            }
+            by_opt[f"{name}/{opt}"] = r
+            loop = None
+            if opt == OPTIMIZERS[name]:
+                n_loop = min(n, a.loop_samples)
+                t0 = time.perf_counter()
+                for i in range(n_loop):
+                    find_invariants(objective, query, prior(10),
+                                    InvariantConfig(n_samples=1, steps=budget, tau=tau, optimizer=opt, lr=lr),
+                                    z_init=res.z_init[i : i + 1])
+                loop = (time.perf_counter() - t0) * n / n_loop
+                results[name] = {**r, "loop_s": loop, "optimizer": opt}
+                samples[name] = res
+            med = "n/a" if r["steps_median"] is None else f"{r['steps_median']:.0f}"
+            mx = "n/a" if r["steps_max"] is None else str(r["steps_max"])
+            tail = "" if loop is None else f"{loop:>8.1f} {loop / wall:>8.1f}×" + (
+                f"  (loop: first {n_loop} of {n} samples, time scaled ×{n / n_loop:g})" if n_loop < n else "")
+            print(f"{name:<12} {opt:<10} {r['success_rate']:>8.2f} {med:>10} {mx:>10} {wall:>8.1f} " + tail)
 
     # --- spectra: real digits, EquiDiff, pixel-space baseline -----------------------------------
-    pixel = find_invariants(objectives["probability"], query, IdentityPrior((1, 16, 16)),
-                            InvariantConfig(n_samples=n, steps=budget, tau=tau, lr=0.1, seed=0))
+    # the chapter's pixel-space baseline (equidiff.baselines): the same loop on x = 2σ(u) − 1 itself
+    pixel = pixel_invariants(objectives["probability"], query,
+                             InvariantConfig(n_samples=n, steps=budget, tau=tau, lr=0.1, seed=0))
     eq = torch.cat([s.x[s.converged] for s in samples.values()])
     hf = {
         "real": float(filters.high_frequency_share(images[:256]).mean()),
@@ -235,8 +249,9 @@ def main() -> None:
     print(f"sample grids in {grid_dir}/")
 
     out = {
-        "neuron": {k: results["neuron"][k] for k in ("success_rate", "wall_s", "steps_median", "steps_max")},
-        "probability": {k: results["probability"][k] for k in ("success_rate", "wall_s", "steps_median", "steps_max")},
+        "neuron": {k: results["neuron"][k] for k in ("success_rate", "wall_s", "steps_median", "steps_max", "optimizer")},
+        "probability": {k: results["probability"][k] for k in ("success_rate", "wall_s", "steps_median", "steps_max", "optimizer")},
+        "by_optimizer": by_opt,
         "memory_ratio_T50_T10": mem_ratio,
         "overhead_ratio": overhead,
         "batched_speedup": {k: results[k]["loop_s"] / results[k]["wall_s"] for k in results},
@@ -255,18 +270,22 @@ def main() -> None:
         print(f"wrote {a.markdown}")
 
 
-def markdown_tables(out, timing, memory, results, ts) -> str:
+def markdown_tables(out, timing, memory, results, ts, by_opt) -> str:
     rows = ["| T | s/step, checkpointed | s/step, not checkpointed | peak MiB, checkpointed | peak MiB, not checkpointed |",
             "| --- | --- | --- | --- | --- |"]
     f = lambda v, d=1: "n/a" if v is None else f"{v:.{d}f}"  # noqa: E731
     for T in ts:
         rows.append(f"| {T} | {timing[(T, True)]:.3f} | {timing[(T, False)]:.3f} | {f(memory[(T, True)])} | "
                     f"{f(memory[(T, False)])} |")
-    rows += ["", "| objective | success within B | steps to τ (median / max) | wall s, batched | wall s, one at a time | speed-up |",
-             "| --- | --- | --- | --- | --- | --- |"]
-    for k, r in results.items():
-        rows.append(f"| {k} | {r['success_rate']:.2f} | {f(r['steps_median'], 0)} / {r['steps_max']} | "
-                    f"{r['wall_s']:.1f} | {r['loop_s']:.1f} | {r['loop_s'] / r['wall_s']:.1f}× |")
+    rows += ["", "| objective | optimizer | success within B | steps to τ (median / max) | median final loss | "
+             "wall s, batched | wall s, one at a time | speed-up |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for key, r in by_opt.items():
+        name, opt = key.split("/")
+        mine = results[name]["optimizer"] == opt
+        loop = f"{results[name]['loop_s']:.1f} | {results[name]['loop_s'] / r['wall_s']:.1f}×" if mine else "– | –"
+        rows.append(f"| {name} | {opt} | {r['success_rate']:.2f} | {f(r['steps_median'], 0)} / {f(r['steps_max'], 0)} | "
+                    f"{r['loss_median']:.3g} | {r['wall_s']:.1f} | {loop} |")
     hf = out["high_freq_share"]
     rows += ["", f"Overhead ratio (checkpointed step / (T × denoiser fwd+bwd + objective), T = 10): "
              f"**{out['overhead_ratio']:.2f}**. Checkpointed peak memory T = {ts[-1]} / T = 10: "

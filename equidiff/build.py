@@ -28,6 +28,10 @@ PROFILES: dict[str, dict[str, dict]] = {
     "smoke": {
         "01_circles": {"n_invariant": 32, "steps": 60, "prior_points": 16, "prior_steps": 40, "ddim_steps": 5},
         "02_neurons": {"n_samples": 4, "steps": 3, "ddim_steps": 5, "profile": "smoke"},
+        "03_sae": {"profile": "smoke", "vit_preset": "digits-vit-tiny", "classifier_preset": "digits-classifier-tiny",
+                   "ddpm_preset": "digits-ddpm-tiny", "layer": 1, "sae_steps": 30, "min_rate": 0.0, "max_rate": 1.0,
+                   "n_features": 2, "n_samples": 4, "steps": 3, "ddim_steps": 3},
+        "04_classifier": {"n_samples": 4, "steps": 3, "ddim_steps": 3, "profile": "smoke"},
     },
 }
 

@@ -265,3 +265,274 @@ def neuron_sample_grids(runs: Sequence, cols: int = 8):
         sf.suptitle(f"B: neuron #{run.channel} ({run.concept}, r = {run.alignment:.2f}): "
                     f"{ok}/{len(res.x)} samples below τ = {res.config.tau:g}", fontsize=10)
     return fig
+
+
+# --------------------------------------------------------------------------------------------
+# Chapter 4.3: SAE features (thesis Figure 4.3)
+# --------------------------------------------------------------------------------------------
+
+
+def _frame_red(ax):
+    for s in ax.spines.values():
+        s.set_edgecolor("red")
+        s.set_linewidth(2)
+
+
+def sae_top_images(rows: Sequence[dict], cols: int = 8):
+    """Each chosen SAE feature's top-activating training images: one row per feature.
+
+    ``rows``: dicts with ``feature``, ``concept``, ``selectivity``, ``firing_rate``, ``images``
+    (n, 1, H, W) in [-1, 1], ``values`` (n,) the feature's activations and ``labels`` (n,) digit classes.
+    """
+    plt = _plt()
+    n = len(rows)
+    fig, axes = plt.subplots(n, cols, figsize=(1.15 * cols, 1.5 * n + 0.2), constrained_layout=True,
+                             squeeze=False)
+    for i, row in enumerate(rows):
+        for j in range(cols):
+            ax = axes[i, j]
+            if j >= len(row["images"]):
+                ax.axis("off")
+                continue
+            _img(ax, row["images"][j], f"'{int(row['labels'][j])}'  {float(row['values'][j]):.2f}")
+        axes[i, 0].set_ylabel(f"#{row['feature']}\n{row['concept']}\nsel. {row['selectivity']:.2f}, "
+                              f"rate {row['firing_rate']:.2f}", fontsize=7.5)
+    return fig
+
+
+def sae_feature_figure(runs: Sequence, n_real: int = 16, cols: int = 8):
+    """Figure 4.3 analogue: per SAE feature (one block each), left the ``n_real`` top-activating
+    training images (digit label and activation), right the invariant samples, each with its
+    measured loss L2 = Σ(L(x) − L(x*))² and the digits classifier's label ("?": confidence below
+    the threshold, not clearly a digit). Red frames: samples still above τ when the budget ran out.
+
+    ``runs``: :class:`equidiff.sae.FeatureRun` objects.
+    """
+    plt = _plt()
+    real_cols = 4
+    heights = []
+    for r in runs:
+        heights.append(max(int(np.ceil(len(r.result.x) / cols)), int(np.ceil(min(n_real, len(r.top_images)) / real_cols))))
+    fig = plt.figure(figsize=(1.05 * (cols + real_cols) + 0.6, 1.3 * sum(heights) + 0.75 * len(runs)),
+                     constrained_layout=True)
+    sub = fig.subfigures(len(runs), 1, height_ratios=[h + 0.6 for h in heights], squeeze=False)[:, 0]
+    for sf, run, h in zip(sub, runs, heights):
+        left, right = sf.subfigures(1, 2, width_ratios=[real_cols, cols + 0.6])
+        res = run.result
+        k = min(n_real, len(run.top_images))
+        gl = left.add_gridspec(h, real_cols)
+        for i in range(k):
+            ax = left.add_subplot(gl[i // real_cols, i % real_cols])
+            _img(ax, run.top_images[i], f"'{int(run.top_predicted[i])}' {float(run.top_values[i]):.2f}", fontsize=6.5)
+        left.suptitle(f"real: top {k} training digits", fontsize=9)
+        gr = right.add_gridspec(h, cols)
+        for i in range(len(res.x)):
+            ax = right.add_subplot(gr[i // cols, i % cols])
+            unsure = "?" if float(run.confidence[i]) < run.metrics["confidence_threshold"] else ""
+            _img(ax, res.x[i], f"{float(res.loss[i]):.0e} '{int(run.predicted[i])}'{unsure}", fontsize=6.5)
+            if not bool(res.converged[i]):
+                _frame_red(ax)
+        ok = int(res.converged.sum())
+        what = "its activation" if run.objective == "feature" else "the full SAE code"
+        right.suptitle(f"feature #{run.feature} ({run.concept}, target {run.metrics['target_activation']:.2f}): "
+                       f"{len(res.x)} invariant samples of {what}, {ok} below τ = {res.config.tau:g}", fontsize=9)
+    return fig
+
+
+def sae_label_histograms(runs: Sequence):
+    """Per SAE feature: the digits classifier's labels of the top-activating real images against
+    those of the invariant samples (counts per class; hatched: samples labelled with confidence
+    below the threshold, i.e. not clearly digits)."""
+    plt = _plt()
+    n = len(runs)
+    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.0), constrained_layout=True, squeeze=False)
+    classes = np.arange(10)
+    for ax, run in zip(axes[0], runs):
+        m = run.metrics
+        ax.bar(classes - 0.2, m["real_label_histogram"], width=0.4, color=BLUE,
+               label=f"top {m['n_top']} real images")
+        conf = np.asarray(m["sample_label_histogram_confident"])
+        ax.bar(classes + 0.2, conf, width=0.4, color=ORANGE,
+               label=f"invariant samples, confidence ≥ {m['confidence_threshold']:g}")
+        ax.bar(classes + 0.2, np.asarray(m["sample_label_histogram"]) - conf, width=0.4, bottom=conf,
+               color="none", edgecolor=ORANGE, hatch="////", label="invariant samples, less confident")
+        ax.set_xticks(classes)
+        ax.set_xlabel("digits classifier's label")
+        ax.set_ylabel("count")
+        ax.set_title(f"feature #{run.feature} ({run.concept})", fontsize=9)
+        ax.legend(fontsize=7)
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# Chapter 4.4: classifier outputs (thesis Figures 4.4 and 4.5)
+# --------------------------------------------------------------------------------------------
+
+# One colour per method of equidiff.outputs, the same in every figure of the chapter.
+METHOD_COLORS = {
+    "equidiff": PRIOR_GREEN,
+    "equidiff_no_lowpass": "#17becf",
+    "pixel": "#d62728",
+    "pixel_fourier": ORANGE,
+    "guidance": "#9467bd",
+}
+
+
+def _spectrum(ax, s, vmin, vmax, title=None):
+    ax.imshow(np.asarray(s), cmap="magma", vmin=vmin, vmax=vmax, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title is not None:
+        ax.set_title(title, fontsize=7, pad=2)
+
+
+def _red_frame(ax):
+    for s in ax.spines.values():
+        s.set_edgecolor("red")
+        s.set_linewidth(2)
+
+
+def classifier_spectra_figure(query, blocks: Sequence[dict], n: int = 7):
+    """Thesis Figure 4.4 analogue: per block, the query x* (left) and ``n`` invariant samples
+    (right), and under each image its centred log-magnitude spectrum log(1 + |FFT|) (DC in the
+    centre, the highest frequencies at the border; one colour scale for the whole figure).
+
+    ``blocks``: dicts with ``title``, ``x`` (N, 1, H, W) in [-1, 1], ``captions`` (N strings
+    shown above the samples) and optionally ``ok`` (N bools; False: framed in red).
+    """
+    from .filters import log_magnitude_spectrum
+
+    plt = _plt()
+    specs = [log_magnitude_spectrum(query)] + [log_magnitude_spectrum(b["x"][:n]) for b in blocks]
+    vmin = min(float(s.min()) for s in specs)
+    vmax = max(float(s.max()) for s in specs)
+    cols = n + 1
+    fig = plt.figure(figsize=(1.15 * cols + 0.6, 2.55 * len(blocks) + 0.2), constrained_layout=True)
+    sub = fig.subfigures(len(blocks), 1, squeeze=False)[:, 0]
+    for sf, b, spec in zip(sub, blocks, specs[1:]):
+        axes = sf.subplots(2, cols)
+        _img(axes[0, 0], query[0], "query $x^*$", fontsize=8)
+        _spectrum(axes[1, 0], specs[0][0], vmin, vmax)
+        axes[1, 0].set_ylabel("log |FFT|", fontsize=7)
+        for j in range(n):
+            if j >= len(b["x"]):
+                axes[0, j + 1].axis("off")
+                axes[1, j + 1].axis("off")
+                continue
+            _img(axes[0, j + 1], b["x"][j], b["captions"][j], fontsize=6.5)
+            _spectrum(axes[1, j + 1], spec[j], vmin, vmax)
+            if "ok" in b and not bool(b["ok"][j]):
+                _red_frame(axes[0, j + 1])
+        for ax in axes[:, 0]:
+            for s in ax.spines.values():
+                s.set_linewidth(2)
+        sf.suptitle(b["title"], fontsize=9)
+    return fig
+
+
+def method_comparison_figure(query, panels: dict, cols: int = 8):
+    """The methods side by side, one panel per constraint (``{panel title: rows}``): per method
+    (row) the mean log-magnitude spectrum of all its samples (left; one colour scale for the
+    figure, that of the query printed at the top) and its first ``cols`` samples. Samples outside
+    the invariant set at τ are framed in red.
+
+    ``rows``: dicts with ``label``, ``x`` (N, 1, H, W), ``ok`` (N bools) and ``note`` (a short
+    string shown under the label).
+    """
+    from .filters import log_magnitude_spectrum
+
+    plt = _plt()
+    titles = list(panels)
+    means = {t: [log_magnitude_spectrum(r["x"]).mean(0) for r in panels[t]] for t in titles}
+    qspec = log_magnitude_spectrum(query)[0]
+    allm = [m for t in titles for m in means[t]]
+    vmin = min(float(qspec.min()), *(float(m.min()) for m in allm))
+    vmax = max(float(qspec.max()), *(float(m.max()) for m in allm))
+    heights = [1] + [len(panels[t]) + 0.35 for t in titles]
+    fig = plt.figure(figsize=(1.05 * (cols + 2) + 1.6, 1.15 * sum(heights) + 0.2), constrained_layout=True)
+    sub = fig.subfigures(len(titles) + 1, 1, height_ratios=heights, squeeze=False)[:, 0]
+    ratios = [1.6, 1] + [1] * cols
+    top = sub[0].subplots(1, cols + 2, gridspec_kw={"width_ratios": ratios})
+    for ax in top:
+        ax.axis("off")
+    _img(top[2], query[0], "query $x^*$", fontsize=7)
+    top[1].axis("on")
+    _spectrum(top[1], qspec, vmin, vmax, "its spectrum")
+    for sf, t in zip(sub[1:], titles):
+        rows = panels[t]
+        axes = sf.subplots(len(rows), cols + 2, squeeze=False, gridspec_kw={"width_ratios": ratios})
+        for i, (r, m) in enumerate(zip(rows, means[t])):
+            ax = axes[i, 0]
+            ax.axis("off")
+            ax.text(0.0, 0.5, f"{r['label']}\n{r.get('note', '')}", fontsize=7, va="center", ha="left",
+                    transform=ax.transAxes)
+            _spectrum(axes[i, 1], m, vmin, vmax, "mean spectrum" if i == 0 else None)
+            for j in range(cols):
+                ax = axes[i, 2 + j]
+                if j >= len(r["x"]):
+                    ax.axis("off")
+                    continue
+                _img(ax, r["x"][j])
+                if not bool(r["ok"][j]):
+                    _red_frame(ax)
+        sf.suptitle(t, fontsize=9)
+    return fig
+
+
+def cutoff_curve_figure(curves: dict, titles: dict | None = None, labels: dict | None = None):
+    """Thesis Figure 4.5 analogue (Appendix .4.2): deviation of the true-class probability under
+    an ideal low-pass filter, |p_y(F_c(x)) − p_y(x*)|, against the cutoff c, one panel per
+    constraint. Black: the query; coloured: each method's samples (mean; band: ± one standard
+    deviation for EquiDiff); grey band: real digits of the query's class, each against its own
+    unfiltered probability.
+
+    ``curves``: ``{key: equidiff.outputs.cutoff_curves(...)}``; ``titles``: panel titles per key;
+    ``labels``: legend label per method name.
+    """
+    plt = _plt()
+    keys = list(curves)
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.8 * len(keys), 3.7), constrained_layout=True,
+                             squeeze=False, sharey=True)
+    for ax, k in zip(axes[0], keys):
+        c = curves[k]
+        xs = np.asarray(c["cutoffs"])
+        r = c["real_same_class"]
+        rm, rs = np.asarray(r["mean"]), np.asarray(r["std"])
+        ax.fill_between(xs, np.clip(rm - rs, 0, None), rm + rs, color="0.85", label=f"real digits of its class (n={r['n']})")
+        ax.plot(xs, rm, color="0.55", lw=1)
+        for name, m in c["methods"].items():
+            mean, std = np.asarray(m["mean"]), np.asarray(m["std"])
+            color = METHOD_COLORS.get(name, "0.3")
+            lab = (labels or {}).get(name, name)
+            if name == "equidiff":
+                ax.fill_between(xs, np.clip(mean - std, 0, None), mean + std, color=color, alpha=0.25)
+                ax.plot(xs, mean, "-o", color=color, lw=2, ms=4, label=f"{lab} samples (mean ± sd)", zorder=3)
+            else:
+                ax.plot(xs, mean, "--", color=color, lw=1.3, label=f"{lab} (mean)")
+        ax.plot(xs, c["query"], "-s", color="k", lw=1.5, ms=4, label="query $x^*$", zorder=4)
+        ax.set_xlabel("low-pass cutoff c (fraction of Nyquist)")
+        ax.set_ylabel("$|p_y(F_c(x)) - p_y(x^*)|$")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xticks(xs)
+        ax.set_title((titles or {}).get(k, str(k)), fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0, -1].legend(fontsize=6.5, loc="upper right")
+    return fig
+
+
+def classifier_convergence_figure(histories: dict, tau: float):
+    """Per run (``{label: InvariantResult.history}``): the largest loss among its samples (left,
+    log scale; dotted: τ) and the number of samples still above τ (right) against the step."""
+    plt = _plt()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.3), constrained_layout=True)
+    for label, h in histories.items():
+        a.semilogy(h["loss_max"], label=label)
+        b.plot(h["n_active"], label=label)
+    a.axhline(tau, color="k", ls=":", lw=1, label="τ")
+    a.set_xlabel("optimisation step")
+    a.set_ylabel("largest loss among samples")
+    b.set_xlabel("optimisation step")
+    b.set_ylabel("samples still above τ")
+    a.legend(fontsize=7)
+    b.legend(fontsize=7)
+    return fig

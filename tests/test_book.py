@@ -66,3 +66,41 @@ def test_chapter_renders_in_a_real_browser(built_book, tmp_path):
     for src in imgs:
         assert (page.parent / src).resolve().exists(), src
     assert "Thesis Figure 3.1 recomputed" in dom
+
+
+@pytest.mark.book
+def test_sae_notebook_smoke_metrics(built_book):
+    book, _ = built_book
+    out = book / "_generated" / "03_sae"
+    m = json.loads((out / "metrics.json").read_text())
+    assert {"variance_explained", "l0", "dead_fraction"} <= set(m["sae"])
+    assert m["sae"]["d_sae"] == 4 * m["sae"]["d_in"] and 0 <= m["sae"]["dead_fraction"] <= 1
+    assert len(m["features"]) == 2
+    for f in m["features"]:
+        assert {"feature", "selectivity", "l2_mean", "l2_std", "success_rate", "sample_label_histogram",
+                "real_label_histogram"} <= set(f)
+        assert len(f["sample_label_histogram"]) == 10 and sum(f["sample_label_histogram"]) == f["n_samples"] == 4
+        assert sum(f["real_label_histogram"]) == f["n_top"]
+        assert 0 <= f["success_rate"] <= 1 and f["l2_mean"] >= 0
+    for name in ("top_images.png", "figure_4_3.png", "label_histograms.png"):
+        assert (out / name).stat().st_size > 10_000
+
+
+
+@pytest.mark.book
+def test_classifier_notebook_smoke_metrics(built_book):
+    book, _ = built_book
+    out = book / "_generated" / "04_classifier"
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["modes"] == ["class_probability", "distribution"]
+    names = ["equidiff", "equidiff_no_lowpass", "pixel", "pixel_fourier", "guidance"]
+    assert [r["name"] for r in m["methods"]] == names * 2
+    for r in m["methods"]:
+        assert {"name", "success_rate", "l2_mean", "kl_mean", "high_freq_share", "fid", "diversity", "seconds"} <= set(r)
+        assert 0 <= r["success_rate"] <= 1 and r["l2_mean"] >= 0 and r["kl_mean"] >= 0 and r["seconds"] > 0
+        assert r["n"] == 4
+    c = m["cutoff_curve"]
+    assert len(c["cutoffs"]) == len(c["query"]) == len(c["samples"]["mean"]) == len(c["samples"]["std"]) == 9
+    assert set(c["by_mode"]) == {"class_probability", "distribution"}
+    for name in ("figure_4_4.png", "figure_4_5.png", "methods.png", "convergence.png"):
+        assert (out / name).stat().st_size > 10_000
