@@ -61,9 +61,14 @@ class BatchedLBFGS:
         zf = torch.where(worse[:, None], prev_z, zf)
         g = torch.where(worse[:, None], prev_g, g)
         L = torch.where(worse, prev_L, L)
-        self.t_max[rows] = torch.where(
-            worse, self.t_max[rows] * 0.5, (self.t_max[rows] * 2).clamp(max=self.max_step)
-        )
+        t_max = torch.where(worse, self.t_max[rows] * 0.5, (self.t_max[rows] * 2).clamp(max=self.max_step))
+        # Restart: after ~10 rejections in a row the curvature model is useless here (the DDIM chain's
+        # clip_sample makes the loss only piecewise smooth); forget it and start again from the gradient.
+        stuck = t_max < self.max_step * 2.0**-10
+        if stuck.any():
+            self.valid[rows[stuck]] = False
+            t_max = torch.where(stuck, torch.full_like(t_max, self.max_step), t_max)
+        self.t_max[rows] = t_max
 
         # Curvature pairs from accepted steps only, and only when s·y > 0 (keeps H positive definite).
         s, y = zf - prev_z, g - prev_g
