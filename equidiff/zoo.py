@@ -631,6 +631,29 @@ def classifier_accuracy(model: nn.Module, split: str = "test", batch_size: int =
     return correct / len(images)
 
 
+def _optimizer_step(opt, sched, loss, losses: list, bar, step: int, total: int) -> None:
+    """One training step of a classifier: backward, optimiser and schedule, loss log, progress bar."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sched.step()
+    losses.append(float(loss.detach()))
+    bar.update(1)
+    if step % 50 == 0 or step == total - 1:
+        bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+
+
+def _classifier_info(model, t0: float, losses: list) -> dict:
+    """What training a classifier reports: time, final loss, size, train and test accuracy."""
+    return {
+        "train_seconds": time.perf_counter() - t0,
+        "final_loss": float(np.mean(losses[-100:])),
+        "n_params": sum(p.numel() for p in model.parameters()),
+        "train_accuracy": classifier_accuracy(model, "train"),
+        "test_accuracy": classifier_accuracy(model, "test"),
+    }
+
+
 def train_classifier(cfg: ClassifierConfig, *, device: Union[str, torch.device] = "cpu", progress: bool = False):
     """Train the digits classifier deterministically; returns ``(model, info)``.
 
@@ -665,24 +688,10 @@ def train_classifier(cfg: ClassifierConfig, *, device: Union[str, torch.device] 
                 # outlier exposure: cross-entropy to the uniform distribution on non-digits
                 out = logits[b:]
                 loss = loss + cfg.outlier_weight * (out.logsumexp(1) - out.mean(1)).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(float(loss.detach()))
-            bar.update(1)
-            if step % 50 == 0 or step == cfg.train_steps - 1:
-                bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+            _optimizer_step(opt, sched, loss, losses, bar, step, cfg.train_steps)
         bar.close()
     model.eval().requires_grad_(False)
-    info = {
-        "train_seconds": time.perf_counter() - t0,
-        "final_loss": float(np.mean(losses[-100:])),
-        "n_params": sum(p.numel() for p in model.parameters()),
-        "train_accuracy": classifier_accuracy(model, "train"),
-        "test_accuracy": classifier_accuracy(model, "test"),
-    }
-    return model, info
+    return model, _classifier_info(model, t0, losses)
 
 
 def train_vit(cfg: ViTConfig, *, device: Union[str, torch.device] = "cpu", progress: bool = False):
@@ -709,24 +718,10 @@ def train_vit(cfg: ViTConfig, *, device: Union[str, torch.device] = "cpu", progr
             idx = batches.next().to(device)
             x = shift_augment(images[idx], cfg.max_shift, gen)  # (B, 1, 16, 16)
             loss = torch.nn.functional.cross_entropy(model(x), labels[idx], label_smoothing=cfg.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(float(loss.detach()))
-            bar.update(1)
-            if step % 50 == 0 or step == cfg.train_steps - 1:
-                bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+            _optimizer_step(opt, sched, loss, losses, bar, step, cfg.train_steps)
         bar.close()
     model.eval().requires_grad_(False)
-    info = {
-        "train_seconds": time.perf_counter() - t0,
-        "final_loss": float(np.mean(losses[-100:])),
-        "n_params": sum(p.numel() for p in model.parameters()),
-        "train_accuracy": classifier_accuracy(model, "train"),
-        "test_accuracy": classifier_accuracy(model, "test"),
-    }
-    return model, info
+    return model, _classifier_info(model, t0, losses)
 
 
 # --------------------------------------------------------------------------------------------
