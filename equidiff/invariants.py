@@ -419,6 +419,21 @@ def iterate_invariants(
 
     if bar is not None:
         bar.close()
+    if cfg.optimizer == "lbfgs" and x_all is not None:
+        # L-BFGS's iterate is its last *accepted* point; a sample whose budget ended on a rejected
+        # trial step (loss went up) is reported at that accepted point, measured again here.
+        back = (~converged) & (loss_all > opt.prev_loss.cpu())
+        if back.any():
+            rows = back.nonzero().squeeze(1)
+            with torch.no_grad():
+                z[rows] = opt.prev_z[rows].view_as(z[rows])
+                x = prior(z[rows])
+                meas = objective(x)
+                loss = _per_sample_sq(meas, tgt, cfg.reduction)
+                if filter is not None:
+                    loss = loss + _per_sample_sq(objective(filter(x)), tgt, cfg.reduction)
+            x_all[rows], m_all[rows] = x, meas
+            loss_all[rows] = (cfg.step_size * loss).cpu()
     if _out is not None:
         _out["result"] = InvariantResult(
             x=x_all,

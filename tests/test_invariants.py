@@ -235,6 +235,29 @@ def test_lbfgs_samples_are_independent_and_resume_exactly(tmp_path):
     assert torch.equal(resumed.steps_to_converge, batch.steps_to_converge)
 
 
+def test_lbfgs_reports_its_last_accepted_point_not_a_rejected_trial():
+    """When the budget ends on a trial step whose loss went up, the result is the accepted point."""
+    obj, q = _setup()
+    budget, calls = 6, {"n": 0}
+
+    def fn(x):  # the objective, except that the evaluation at the last step is spoiled for sample 0
+        out = obj(x)
+        if calls["n"] == budget + 1:  # call 0 measures the query; call k + 1 is step k
+            out = out + torch.nn.functional.one_hot(torch.tensor([0]), len(out)).T * 100.0
+        calls["n"] += 1
+        return out
+
+    cfg = InvariantConfig(n_samples=3, steps=budget, tau=1e-12, optimizer="lbfgs", lr=1.0, seed=1)
+    states = list(iterate_invariants(O.Objective(fn, "spoiled"), q, None, cfg))
+    assert states[-1].loss[0] > 1e3  # the trial step the loop saw last
+    calls["n"] = 0
+    res = find_invariants(O.Objective(fn, "spoiled"), q, None, cfg)
+    before = list(iterate_invariants(obj, q, None, InvariantConfig(**{**cfg.to_dict(), "steps": budget - 1})))
+    assert res.loss[0] < 1.0 and torch.isclose(res.loss[0], before[-1].loss[0])  # the accepted point at step B−1
+    torch.testing.assert_close(((obj(res.z) - obj(q)) ** 2).sum(1), res.loss)  # z, x and loss agree
+    torch.testing.assert_close(res.x, res.z)
+
+
 def test_newton_rejects_filter():
     with pytest.raises(ValueError, match="optimizer must be 'adam' or 'sgd' when lowpass_cutoff"):
         InvariantConfig(optimizer="newton", lowpass_cutoff=0.5)
