@@ -329,7 +329,7 @@ def iterate_invariants(
 
     bar = None
     if cfg.progress:
-        from tqdm.auto import tqdm
+        from tqdm import tqdm  # text bar: tqdm.auto wants ipywidgets in a notebook and warns without it
 
         bar = tqdm(total=cfg.steps, initial=start, desc="invariant samples", unit="step")
 

@@ -308,7 +308,7 @@ def _ddpm_scheduler(cfg: ToyPriorConfig):
 
 def train_prior(cfg: ToyPriorConfig = ToyPriorConfig(), progress: bool = False):
     """Train the 2D denoiser with diffusers' DDPM noise schedule, deterministically."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # text bar: tqdm.auto wants ipywidgets in a notebook and warns without it
 
     data = manifold_data(cfg)
     sched = _ddpm_scheduler(cfg)

@@ -558,7 +558,7 @@ def build_vit(cfg: ViTConfig) -> nn.Module:
 
 
 def _progress_bar(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # text bar: tqdm.auto wants ipywidgets in a notebook and warns without it
 
     return tqdm(total=total, desc=desc, disable=not enabled, mininterval=1.0)
 
