@@ -266,7 +266,7 @@ def main() -> None:
         Path(a.json).write_text(json.dumps(out, indent=2))
         print(f"wrote {a.json}")
     if a.markdown:
-        Path(a.markdown).write_text(markdown_tables(out, timing, memory, results, ts))
+        Path(a.markdown).write_text(markdown_tables(out, timing, memory, results, ts, by_opt))
         print(f"wrote {a.markdown}")
 
 
