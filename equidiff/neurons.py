@@ -267,15 +267,23 @@ def select_neurons(table: AlignmentTable, k: int = 3, concepts=None) -> list[Sel
         raise _bad("k", k, f"an integer in [1, {len(names)}] (one neuron per distinct concept)")
     cols = [table.concepts.index(c) for c in names]
     s = table.scores[:, cols]  # (C, K')
-    order = np.dstack(np.unravel_index(np.argsort(-s, axis=None), s.shape))[0]
-    chosen: list[SelectedNeuron] = []
-    used_ch, used_c = set(), set()
-    for ch, j in order:
-        if int(ch) in used_ch or j in used_c:
+    return [SelectedNeuron(ch, names[j], float(s[ch, j])) for ch, j in greedy_distinct_pairs(s, k)]
+
+
+def greedy_distinct_pairs(scores: np.ndarray, k: int, floor: float | None = None) -> list[tuple[int, int]]:
+    """Up to ``k`` (row, column) pairs of ``scores`` (units × concepts), highest first, no row and no
+    column used twice; pairs scoring below ``floor`` are never taken. Ties keep index order."""
+    order = np.dstack(np.unravel_index(np.argsort(-scores, axis=None, kind="stable"), scores.shape))[0]
+    chosen: list[tuple[int, int]] = []
+    used_row, used_col = set(), set()
+    for r, c in order:
+        if floor is not None and scores[r, c] < floor:
+            break
+        if int(r) in used_row or int(c) in used_col:
             continue
-        chosen.append(SelectedNeuron(int(ch), names[j], float(s[ch, j])))
-        used_ch.add(int(ch))
-        used_c.add(j)
+        chosen.append((int(r), int(c)))
+        used_row.add(int(r))
+        used_col.add(int(c))
         if len(chosen) == k:
             break
     return chosen

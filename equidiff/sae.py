@@ -788,6 +788,8 @@ def select_features(table: FeatureTable, k: int = 2, concepts: Optional[Sequence
     """``k`` monosemantic features for ``k`` different concepts: among the features whose firing rate
     lies in [min_rate, max_rate] (neither almost dead nor firing on everything), greedily take the
     (feature, concept) pair of highest selectivity, then the next with a new concept and feature."""
+    from .neurons import greedy_distinct_pairs
+
     names = list(table.concepts) if concepts is None else list(concepts)
     for c in names:
         if c not in table.concepts:
@@ -799,18 +801,8 @@ def select_features(table: FeatureTable, k: int = 2, concepts: Optional[Sequence
     ok = (table.firing_rate >= min_rate) & (table.firing_rate <= max_rate)
     cols = [table.concepts.index(c) for c in names]
     s = np.where(ok[:, None], table.selectivity[:, cols], -1.0)  # (d_sae, K')
-    order = np.dstack(np.unravel_index(np.argsort(-s, axis=None, kind="stable"), s.shape))[0]
-    chosen, used_f, used_c = [], set(), set()
-    for f, j in order:
-        if s[f, j] < 0:
-            break
-        if int(f) in used_f or j in used_c:
-            continue
-        chosen.append(SelectedFeature(int(f), names[j], float(s[f, j]), float(table.firing_rate[f])))
-        used_f.add(int(f))
-        used_c.add(j)
-        if len(chosen) == k:
-            break
+    chosen = [SelectedFeature(f, names[j], float(s[f, j]), float(table.firing_rate[f]))
+              for f, j in greedy_distinct_pairs(s, k, floor=0.0)]  # -1 marks features outside the rate window
     if not chosen:
         raise ValueError(f"no feature has a firing rate in [{min_rate}, {max_rate}]; widen the range")
     return chosen
