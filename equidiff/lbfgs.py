@@ -11,8 +11,9 @@ Every sample has its own history, step length and line search; samples never int
 batching changes nothing but speed. The line search is the cheapest that works with the loop's
 one-evaluation-per-step structure: a step whose loss came out *higher* than before is taken back
 at the next evaluation and retried with half the length; an accepted step doubles the length
-again (up to ``max_step``). The step length is also capped so that the linearised loss never
-falls below zero (t · (−g·d) ≤ 2L, which an exact Gauss–Newton step meets with equality).
+again (up to ``max_step``); after ten rejections in a row the sample's history is dropped and it
+restarts from a gradient step. The step length is also capped at t · (−g·d) ≤ 2L, the decrease
+an exact Gauss–Newton step on a sum of squares predicts (its quadratic model reaches zero there).
 """
 
 from __future__ import annotations
