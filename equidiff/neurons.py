@@ -259,15 +259,20 @@ def select_neurons(table: AlignmentTable, k: int = 3, concepts=None) -> list[Sel
     pair with the highest r, then the next one whose concept *and* channel are both new, until
     ``k`` are chosen. Returned in the order chosen (highest r first).
     """
-    names = list(table.concepts) if concepts is None else list(concepts)
-    for c in names:
-        if c not in table.concepts:
-            raise _bad("concepts", c, f"names among {table.concepts}")
-    if not _is_int(k) or not (1 <= k <= len(names)):
-        raise _bad("k", k, f"an integer in [1, {len(names)}] (one neuron per distinct concept)")
-    cols = [table.concepts.index(c) for c in names]
+    names, cols = concept_columns(table.concepts, concepts, k, "neuron")
     s = table.scores[:, cols]  # (C, K')
     return [SelectedNeuron(ch, names[j], float(s[ch, j])) for ch, j in greedy_distinct_pairs(s, k)]
+
+
+def concept_columns(known, concepts, k: int, unit: str) -> tuple[list[str], list[int]]:
+    """Check a selection's ``concepts`` (None: all of ``known``) and ``k``; their names and columns."""
+    names = list(known) if concepts is None else list(concepts)
+    for c in names:
+        if c not in known:
+            raise _bad("concepts", c, f"names among {known}")
+    if not _is_int(k) or not (1 <= k <= len(names)):
+        raise _bad("k", k, f"an integer in [1, {len(names)}] (one {unit} per distinct concept)")
+    return names, [list(known).index(c) for c in names]
 
 
 def greedy_distinct_pairs(scores: np.ndarray, k: int, floor: float | None = None) -> list[tuple[int, int]]:

@@ -788,18 +788,12 @@ def select_features(table: FeatureTable, k: int = 2, concepts: Optional[Sequence
     """``k`` monosemantic features for ``k`` different concepts: among the features whose firing rate
     lies in [min_rate, max_rate] (neither almost dead nor firing on everything), greedily take the
     (feature, concept) pair of highest selectivity, then the next with a new concept and feature."""
-    from .neurons import greedy_distinct_pairs
+    from .neurons import concept_columns, greedy_distinct_pairs
 
-    names = list(table.concepts) if concepts is None else list(concepts)
-    for c in names:
-        if c not in table.concepts:
-            raise _bad("concepts", c, f"names among {table.concepts}")
-    if not _is_int(k) or not (1 <= k <= len(names)):
-        raise _bad("k", k, f"an integer in [1, {len(names)}] (one feature per distinct concept)")
+    names, cols = concept_columns(table.concepts, concepts, k, "feature")
     if not _is_num(min_rate) or not _is_num(max_rate) or not (0 <= min_rate < max_rate <= 1):
         raise _bad("min_rate, max_rate", (min_rate, max_rate), "numbers with 0 ≤ min_rate < max_rate ≤ 1")
     ok = (table.firing_rate >= min_rate) & (table.firing_rate <= max_rate)
-    cols = [table.concepts.index(c) for c in names]
     s = np.where(ok[:, None], table.selectivity[:, cols], -1.0)  # (d_sae, K')
     chosen = [SelectedFeature(f, names[j], float(s[f, j]), float(table.firing_rate[f]))
               for f, j in greedy_distinct_pairs(s, k, floor=0.0)]  # -1 marks features outside the rate window
