@@ -51,6 +51,7 @@ class BatchedLBFGS:
         """Move ``z[rows]`` given their losses ``(K,)`` and gradients ``(K, ...)`` at the current z."""
         if rows.numel() == 0:
             return
+        rows = rows.to(z.device)  # the loop keeps its bookkeeping on the CPU; the state lives with z
         shape = z[rows].shape
         zf = z[rows].flatten(1)  # (K, d)
         g = grad.flatten(1).to(zf.dtype)  # (K, d)

@@ -42,6 +42,12 @@ __all__ = [
     "LAYER",
     "PROFILES",
     "PAPER_NEURONS",
+    "PAPER_ALIGNMENT",
+    "PAPER_PROFILE",
+    "NeuronWorld",
+    "load_world",
+    "run_paper_neuron",
+    "sample_summaries",
     "DIGIT_CONCEPTS",
     "STROKE_CONCEPTS",
     "CONCEPTS",
@@ -75,8 +81,12 @@ PROFILES: dict[str, dict] = {
     "cpu": {"n_samples": 32, "steps": 200, "ddim_steps": 10},  # Section 4.2.2: 32 samples per neuron
     "smoke": {"n_samples": 4, "steps": 20, "ddim_steps": 5},  # seconds-long run of the same code path
 }
-# The thesis' neurons (ResNet-50, last stage); the paper-scale issue adds the profile that uses them.
+# The thesis' neurons (ResNet-50, last stage, Section 4.2.1) and their SemanticLens alignment r as the
+# thesis reports it (not recomputed here: SemanticLens needs CLIP and ImageNet).
 PAPER_NEURONS = {1656: "zebra striping", 1052: "honeycomb", 421: "gyromitra"}
+PAPER_ALIGNMENT = {1656: 0.945, 1052: 0.880, 421: 0.952}
+# profile "paper": the thesis' protocol (Section 4.2.2: 32 samples, 1,024 steps); DDIM steps of the latent DiT
+PAPER_PROFILE = {"n_samples": 32, "steps": 1024, "ddim_steps": 25}
 
 DIGIT_CONCEPTS = tuple(f"digit {d}" for d in range(10))
 STROKE_CONCEPTS = ("closed loop", "two loops", "horizontal bar", "vertical stroke")
@@ -357,15 +367,12 @@ def alignment_html(table: AlignmentTable) -> str:
 
 
 def resolve_profile(profile: str) -> dict:
-    """Defaults of a profile; ``"paper"`` is not part of this chapter yet."""
+    """Defaults of a profile: ``"cpu"``/``"smoke"`` (the digits world) or ``"paper"`` (ResNet-50 + latent DiT,
+    :func:`run_paper_neuron`; its neurons are :attr:`equidiff.paper.PaperConfig.neurons`)."""
     if profile == "paper":
-        neurons = ", ".join(f"{k} ({v})" for k, v in PAPER_NEURONS.items())
-        raise ValueError(
-            "profile 'paper' arrives with the paper-scale issue (ResNet-50 + latent DiT); its default "
-            f"neurons will be ResNet-50 last-stage channels {neurons}. Use profile 'cpu' or 'smoke'."
-        )
+        return dict(PAPER_PROFILE)
     if profile not in PROFILES:
-        raise _bad("profile", profile, f"one of {tuple(PROFILES)}")
+        raise _bad("profile", profile, f"one of {tuple(PROFILES) + ('paper',)}")
     return dict(PROFILES[profile])
 
 
@@ -428,6 +435,9 @@ def run_neuron(
     from .invariants import InvariantConfig, find_invariants
     from .metrics import classifier_features, diversity, feature_fid, l1_l2
 
+    if profile == "paper":
+        raise ValueError("run_neuron runs the digits world; profile 'paper' runs through "
+                         "load_world('paper', ...) and run_paper_neuron (ResNet-50 + latent DiT)")
     defaults = resolve_profile(profile)
     n_samples = defaults["n_samples"] if n_samples is None else n_samples
     steps = defaults["steps"] if steps is None else steps
@@ -503,15 +513,25 @@ def run_neuron(
     return NeuronRun(channel, concept, r, query, qi, int(table.digit_labels[qi]), qmap, result, predicted, metrics)
 
 
+def _mean_or_none(values):
+    """Mean of the values, or None when any is None (a figure that could not be computed)."""
+    return None if any(v is None for v in values) else float(np.mean(values))
+
+
+def _fmt(v, spec: str) -> str:
+    return "–" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, spec)
+
+
 def table_rows(runs) -> list[dict]:
     """Table 4.1 rows: per neuron, then the average (means of the per-neuron numbers; the
-    average L2 "±" is the mean of the per-neuron standard deviations, as in the thesis' table)."""
+    average L2 "±" is the mean of the per-neuron standard deviations, as in the thesis' table).
+    A figure that could not be computed (None, paper profile) stays None in the average."""
     keys = ("l2_mean", "l2_std", "l2_median", "l2_relative", "l1_mean", "fid", "fid_real_reference", "diversity",
             "same_class_rate", "success_rate")
     rows = [{"neuron": f"#{r.channel}", "concept": r.concept, "alignment": r.alignment,
              **{k: r.metrics[k] for k in keys}} for r in runs]
     if rows:
-        avg = {k: float(np.mean([row[k] for row in rows])) for k in keys}
+        avg = {k: _mean_or_none([row[k] for row in rows]) for k in keys}
         rows.append({"neuron": "Average", "concept": "–",
                      "alignment": float(np.mean([r.alignment for r in runs])), **avg})
     return rows
@@ -519,14 +539,239 @@ def table_rows(runs) -> list[dict]:
 
 def table_html(runs, tau: float) -> str:
     """Table 4.1 analogue as an HTML table: one row per neuron, then the average."""
+    paper = any("fid_features" in r.metrics for r in runs)
+    fid_head = "FID, Inception features" if paper else "FID, classifier features (real-digit floor)"
     header = ("Neuron", "Concept", "r", "L2 loss (mean ± std)", "L2 median", "L2 / Σn(x*)²", "L1",
-              "FID, classifier features (real-digit floor)", "diversity", "same class as x*", "below τ")
-    rows = [(row["neuron"], row["concept"], f"{row['alignment']:.2f}",
+              fid_head, "diversity", "same class as x*", "below τ")
+    rows = [(row["neuron"], row["concept"], _fmt(row["alignment"], ".2f"),
              f"{row['l2_mean']:.3g} ± {row['l2_std']:.3g}", f"{row['l2_median']:.3g}",
              f"{row['l2_relative']:.3f}", f"{row['l1_mean']:.3g}",
-             f"{row['fid']:.1f} ({row['fid_real_reference']:.1f})", f"{row['diversity']:.2f}",
-             f"{row['same_class_rate']:.2f}", f"{row['success_rate']:.2f}") for row in table_rows(runs)]
-    note = (f"L2 = Σ over the 16 map values of (n(x) − n(x*))² per sample, mean ± standard deviation over the "
-            f"samples; L2 / Σn(x*)²: mean L2 relative to the size of the target; τ = {tau:g}. The real-digit "
-            "floor is the same FID for as many real training digits: about the best this sample size allows.")
+             _fmt(row["fid"], ".1f") if paper else f"{_fmt(row['fid'], '.1f')} ({_fmt(row['fid_real_reference'], '.1f')})",
+             f"{row['diversity']:.2f}", f"{row['same_class_rate']:.2f}", f"{row['success_rate']:.2f}")
+            for row in table_rows(runs)]
+    if paper:
+        reasons = sorted({r.metrics["fid_reason"] for r in runs if r.metrics.get("fid_reason")})
+        note = (f"L2 = Σ over the map values of (n(x) − n(x*))² per sample, mean ± standard deviation over the "
+                f"samples; τ = {tau:g}. r: SemanticLens alignment as the thesis reports it (not recomputed). FID in "
+                "Inception-v3 pool features; diversity in the classifier's pooled features; same class: the "
+                "classifier's ImageNet class of the query." + (" FID not computed: " + " ".join(reasons) if reasons else ""))
+    else:
+        note = (f"L2 = Σ over the 16 map values of (n(x) − n(x*))² per sample, mean ± standard deviation over the "
+                f"samples; L2 / Σn(x*)²: mean L2 relative to the size of the target; τ = {tau:g}. The real-digit "
+                "floor is the same FID for as many real training digits: about the best this sample size allows.")
     return html_table(header, rows, note)
+
+
+def sample_summaries(runs) -> list[str]:
+    """One line per neuron: the query's class, the share of samples in that class, diversity (and its reference)."""
+    lines = []
+    for r in runs:
+        m = r.metrics
+        ref = m["diversity_same_class_reference"]
+        what = "images of class" if "fid_features" in m else "real"
+        ref_text = f"{what} '{r.query_label}'s: {ref:.2f}" if ref is not None else "no same-class reference"
+        lines.append(f"#{r.channel} ({r.concept}): query is a '{r.query_label}'; {m['same_class_rate']:.0%} of the "
+                     f"samples are classified '{r.query_label}'; diversity {m['diversity']:.2f} ({ref_text})")
+    return lines
+
+
+# --------------------------------------------------------------------------------------------
+# One notebook, two worlds: the digits (cpu, smoke) and ResNet-50 + latent DiT (paper)
+# --------------------------------------------------------------------------------------------
+
+
+class NeuronWorld:
+    """The chapter's models and images behind one interface, so the notebook runs the same cells in
+    every profile. ``"cpu"``/``"smoke"``: the digits ResNet, the digits DDPM and the alignment table
+    over the training digits (exactly the calls the chapter always made); ``"paper"``: ResNet-50, the
+    latent DiT and the user's query images (:func:`equidiff.paper.load_paper_inputs`)."""
+
+    def __init__(self, profile: str, *, classifier=None, ddpm=None, table=None, real_images=None, paper=None):
+        self.profile = profile
+        self.classifier, self.ddpm, self.table, self.real_images = classifier, ddpm, table, real_images
+        self.paper = paper  # PaperInputs (profile "paper")
+        self.activations = None  # paper: (N, C) channel-mean pre-activations of the query images
+        if paper is not None:
+            self.activations = _paper_channel_means(paper)
+
+    @property
+    def is_paper(self) -> bool:
+        return self.paper is not None
+
+    def alignment_rows(self) -> list[dict]:
+        """cpu: per concept, its share of images, best channel and r; paper: the thesis' neurons with
+        their reported r and mean pre-activation over the query images."""
+        if not self.is_paper:
+            return self.table.rows()
+        out = []
+        for ch in self.paper.config.neurons:
+            ch = _check_channel(ch, self.activations.shape[1])
+            out.append({"concept": PAPER_NEURONS.get(ch, f"channel {ch}"), "share": None, "channel": ch,
+                        "r": PAPER_ALIGNMENT.get(ch), "mean_activation": float(self.activations[:, ch].mean())})
+        return out
+
+    def paper_metrics(self) -> dict:
+        """Extra metrics.json fields of the paper profile (the config, the query files); {} otherwise."""
+        if not self.is_paper:
+            return {}
+        return {"paper_config": self.paper.config.to_dict(), "device": str(self.paper.models.device),
+                "query_images": [str(f) for f in self.paper.files]}
+
+    def alignment_html(self) -> str:
+        if not self.is_paper:
+            return alignment_html(self.table)
+        rows = [(f"#{r['channel']}", r["concept"], _fmt(r["r"], ".3f"), f"{r['mean_activation']:.3f}")
+                for r in self.alignment_rows()]
+        n = len(self.paper.files)
+        return html_table(("Neuron", "concept (SemanticLens, thesis)", "r (thesis)",
+                           f"mean pre-activation over {n} query images"), rows,
+                          "r is the thesis' SemanticLens alignment, not recomputed here (it needs CLIP and ImageNet).")
+
+    def choose(self, neurons="auto", concept_set: str = "all", k: int = 3) -> list[SelectedNeuron]:
+        """cpu: :func:`choose_neurons`; paper: ``"auto"`` = ``PaperConfig.neurons`` (1656, 1052, 421),
+        or the given channels of ResNet-50's last stage (``concept_set`` and ``k`` apply to the digits only)."""
+        if not self.is_paper:
+            return choose_neurons(self.table, neurons, concept_set, k)
+        n_ch = self.activations.shape[1]
+        if isinstance(neurons, str) and neurons == "auto":
+            neurons = list(self.paper.config.neurons)
+        if not isinstance(neurons, (list, tuple)) or not neurons or not all(_is_int(c) for c in neurons):
+            raise _bad("neurons", neurons, f"'auto' or a non-empty list of channel integers in [0, {n_ch - 1}]")
+        out = []
+        for ch in neurons:
+            if not (0 <= ch < n_ch):
+                raise _bad("neurons", neurons, f"'auto' or channels in [0, {n_ch - 1}] (the classifier's last stage)")
+            r = PAPER_ALIGNMENT.get(int(ch))
+            out.append(SelectedNeuron(int(ch), PAPER_NEURONS.get(int(ch), f"channel {ch}"),
+                                      float("nan") if r is None else r))
+        return out
+
+    def top_image_rows(self, chosen, n: int = 8) -> list[dict]:
+        """Rows of :func:`equidiff.plots.neuron_top_images` (paper: the top query images, labelled with
+        the classifier's ImageNet class)."""
+        if not self.is_paper:
+            return top_image_rows(self.table, chosen, n)
+        rows = []
+        for s in chosen:
+            vals, idx = torch.topk(self.activations[:, s.channel], min(n, len(self.activations)))
+            rows.append({"channel": s.channel, "concept": s.concept, "alignment": s.alignment,
+                         "images": self.paper.images[idx], "values": vals, "labels": self.paper.predicted[idx]})
+        return rows
+
+    def run(self, selected: SelectedNeuron, **kwargs) -> NeuronRun:
+        """:func:`run_neuron` (cpu, smoke) or :func:`run_paper_neuron` (paper) for one chosen neuron."""
+        if not self.is_paper:
+            return run_neuron(self.classifier, self.ddpm, selected.channel, self.table, self.real_images,
+                              concept=selected.concept, profile=self.profile, **kwargs)
+        kwargs.pop("checkpointing", None)
+        return run_paper_neuron(self.paper, selected, **kwargs)
+
+
+def load_world(profile: str = "cpu", *, paper_config=None, query_images=None, batch_size=None, bf16=None,
+               device=None, ddim_steps=None) -> NeuronWorld:
+    """The chapter's world for ``profile``. cpu/smoke: the zoo's digits models and data (the paper
+    parameters must stay None); paper: :func:`equidiff.paper.load_paper_inputs` (``ddim_steps``: the
+    latent chain's T)."""
+    resolve_profile(profile)
+    if profile != "paper":
+        from .paper import reject_paper_parameters
+        from .zoo import get_model, load_digits16
+
+        reject_paper_parameters(profile, paper_config=paper_config, query_images=query_images,
+                                batch_size=batch_size, bf16=bf16, device=device)
+        clf = get_model("digits-classifier", progress=False)
+        ddpm = get_model("digits-ddpm", progress=False)
+        train_x, train_y = load_digits16("train")
+        test_x, _ = load_digits16("test")
+        return NeuronWorld(profile, classifier=clf, ddpm=ddpm, table=alignment_table(clf.model, train_x, train_y),
+                           real_images=test_x)
+    from .paper import load_paper_inputs
+
+    inputs = load_paper_inputs(paper_config, query_images, batch_size=batch_size, bf16=bf16, device=device,
+                               ddim_steps=ddim_steps)
+    return NeuronWorld(profile, paper=inputs)
+
+
+@torch.no_grad()
+def _paper_channel_means(inputs) -> torch.Tensor:
+    """(N, C) channel-mean pre-activations of the classifier's last stage over the query images."""
+    from .paper import paper_neuron_layer
+
+    clf = inputs.models.classifier
+    module = resolve_module(clf, paper_neuron_layer(clf)[0])
+    dev, bs, out = inputs.models.device, inputs.config.batch_size, []
+    for i in range(0, len(inputs.images), bs):
+        with capture_activation(module) as store:
+            clf(inputs.images[i: i + bs].to(dev))
+        out.append(store["input"].float().mean((2, 3)).cpu())  # (B, C)
+    return torch.cat(out)
+
+
+def run_paper_neuron(inputs, selected: SelectedNeuron, *, n_samples: int | None = None, steps: int | None = None,
+                     ddim_steps: int | None = None, tau: float = 0.01, optimizer: str = "lbfgs", lr: float = 1.0,
+                     seed: int = 0) -> NeuronRun:
+    """Section 4.2.2 for one ResNet-50 channel at paper scale, with the metrics of :func:`run_neuron`.
+
+    The query is the strongest-activating of the user's images (:func:`equidiff.paper.strongest_query`);
+    the objective the channel's whole pre-ReLU map (49 values at 224 px); samples come from the latent
+    DiT in batches of ``PaperConfig.batch_size``. ``fid`` is the Inception FID against
+    ``PaperConfig.fid_reference`` (or the query images), None with ``fid_reason`` when Inception's
+    weights are missing; figures without a paper-scale reference (``fid_real_reference``,
+    ``diversity_same_class_reference``) are None with their reason. ``ddim_steps`` must match the prior's.
+    """
+    from .invariants import InvariantConfig
+    from .metrics import classifier_features, diversity, l1_l2
+    from .paper import fid_against_reference, predict_classes, strongest_query
+
+    models, cfg = inputs.models, inputs.config
+    defaults = resolve_profile("paper")
+    n_samples = defaults["n_samples"] if n_samples is None else n_samples
+    steps = defaults["steps"] if steps is None else steps
+    if not _is_int(n_samples) or n_samples < 2:
+        raise _bad("n_samples", n_samples, "an integer ≥ 2 (FID and diversity need two samples)")
+    if ddim_steps is not None and ddim_steps != cfg.ddim_steps:
+        raise _bad("ddim_steps", ddim_steps, f"the prior's T ({cfg.ddim_steps}): pass it to load_world")
+    objective = models.neuron_objective(selected.channel)
+    # Step 1: the query that activates the neuron most strongly, among the user's images.
+    qi, _ = strongest_query(objective, inputs.images.to(models.device), cfg.batch_size)
+    query = inputs.images[qi: qi + 1]  # (1, 3, S, S)
+    # Steps 2-3: the channel's whole pre-ReLU map; Algorithm 1 through the latent DiT.
+    icfg = InvariantConfig(n_samples=n_samples, steps=steps, tau=tau, optimizer=optimizer, lr=lr, seed=seed)
+    result = models.find_invariants(objective, query, icfg)
+    # Step 4: metrics, with the names of run_neuron's.
+    l1, l2 = l1_l2(result.measurements.float().cpu(), result.target.float().cpu())
+    x = result.x.detach().clamp(-1, 1).float()
+    predicted = predict_classes(models.classifier, x, cfg.batch_size)
+    label = int(inputs.predicted[qi])
+    fid = fid_against_reference(models, x, inputs.images, f"Table 4.1 FID, neuron #{selected.channel}")
+    done = result.steps_to_converge[result.converged].float()
+    target = result.target.float().cpu()
+    alignment = None if not math.isfinite(selected.alignment) else selected.alignment
+    metrics = {
+        "channel": selected.channel, "concept": selected.concept, "alignment": alignment,
+        "query_index": qi, "query_label": label,
+        "query_top_activation": float(target.max()), "query_mean_activation": float(target.mean()),
+        "n_samples": n_samples,
+        "l2_mean": float(l2.mean()), "l2_std": float(l2.std()), "l2_median": float(l2.median()),
+        "l1_mean": float(l1.mean()), "l2_relative": float(l2.mean() / (target**2).sum().clamp(min=1e-12)),
+        "fid": fid.value,
+        "fid_real_reference": None,
+        "diversity": diversity(classifier_features(models.classifier, x.to(models.device)).cpu()),
+        "diversity_same_class_reference": None,
+        "same_class_rate": float((predicted == label).float().mean()),
+        "success_rate": result.success_rate,
+        "steps": float(done.median()) if done.numel() else None,
+        "seconds": result.seconds,
+        # paper only: where the numbers come from, and why a figure is missing
+        "query_file": str(inputs.files[qi]),
+        "alignment_reason": None if alignment is not None else "not one of the thesis' neurons: no SemanticLens r",
+        "fid_features": fid.features, "fid_reason": fid.reason, "fid_note": fid.note,
+        "fid_n_reference": fid.n_reference,
+        "fid_real_reference_reason": "no held-out real images at paper scale (the digits world's real-image floor)",
+        "diversity_features": "the classifier's pooled features",
+        "diversity_same_class_reference_reason": "the query images carry no class labels",
+    }
+    side = int(math.isqrt(target.numel()))
+    qmap = target.reshape(side, -1) if side * side == target.numel() else target.reshape(1, -1)
+    return NeuronRun(selected.channel, selected.concept, selected.alignment, query, qi, label, qmap, result,
+                     predicted, metrics)

@@ -58,6 +58,11 @@ __all__ = [
     "comparison_rows",
     "chapter_metrics",
     "table_html",
+    "PAPER_PROFILE",
+    "PAPER_METHODS",
+    "ClassifierWorld",
+    "load_world",
+    "row_line",
 ]
 
 MODES = ("class_probability", "distribution")
@@ -78,15 +83,18 @@ PROFILES: dict[str, dict] = {
 }
 
 
+# profile "paper": ResNet-50's 1000-class outputs, the latent DiT prior (ClassifierWorld / load_world)
+PAPER_PROFILE = {"n_samples": 32, "steps": 512, "ddim_steps": 25}
+# guided_sampling steers a pixel-space DDIM chain (its unet); the latent DiT has none
+PAPER_METHODS = ("equidiff", "equidiff_no_lowpass", "pixel", "pixel_fourier")
+
+
 def resolve_profile(profile: str) -> dict:
-    """Defaults of a profile; the paper-scale profile (ResNet-50 + latent DiT) is not part of this chapter yet."""
+    """Defaults of a profile: ``"cpu"``/``"smoke"`` (digits) or ``"paper"`` (ResNet-50 + latent DiT)."""
     if profile == "paper":
-        raise ValueError(
-            "profile 'paper' (ResNet-50 + latent DiT) is not implemented for the classifier chapter; "
-            "use profile 'cpu' or 'smoke'"
-        )
+        return dict(PAPER_PROFILE)
     if profile not in PROFILES:
-        raise _bad("profile", profile, f"one of {tuple(PROFILES)}")
+        raise _bad("profile", profile, f"one of {tuple(PROFILES) + ('paper',)}")
     return dict(PROFILES[profile])
 
 
@@ -129,6 +137,7 @@ class Query:
     label: int  # its true class y
     probs: torch.Tensor  # (10,) p(x*), the classifier's output distribution
     predicted: int  # argmax of p(x*)
+    source: str | None = None  # paper profile: the query image's file (its label is the classifier's class)
 
     @property
     def p_true(self) -> float:
@@ -138,7 +147,17 @@ class Query:
     def describe(self) -> str:
         top = torch.topk(self.probs, 3)
         parts = ", ".join(f"p({int(i)}) = {float(v):.3f}" for v, i in zip(top.values, top.indices))
+        if self.source is not None:
+            return f"query image #{self.index} ({self.source}), ImageNet class {self.label} by the classifier: {parts}"
         return f"test digit #{self.index}, a '{self.label}': {parts}"
+
+
+def _unwrap(classifier):
+    """The module to call: a ZooModel's ``.model``; a paper :class:`~equidiff.paper.ImageNetInput` as it is
+    (its ``.model`` would skip the ImageNet normalisation)."""
+    from .paper import ImageNetInput
+
+    return classifier if isinstance(classifier, ImageNetInput) else getattr(classifier, "model", classifier)
 
 
 def load_query(classifier, index: int, split: str = "test") -> Query:
@@ -148,7 +167,7 @@ def load_query(classifier, index: int, split: str = "test") -> Query:
     images, labels = load_digits16(split)
     if not _is_int(index) or not (0 <= index < len(images)):
         raise _bad("query_index", index, f"an integer in [0, {len(images) - 1}] (digits {split} split)")
-    clf = getattr(classifier, "model", classifier)
+    clf = _unwrap(classifier)
     x = images[index : index + 1]  # (1, 1, 16, 16)
     with torch.no_grad():
         p = torch.softmax(clf(x), dim=1)[0]  # (10,)
@@ -158,12 +177,15 @@ def load_query(classifier, index: int, split: str = "test") -> Query:
 def make_objective(classifier, mode: str, label: int):
     """The constraint of ``mode``: p_y (B, 1) for ``"class_probability"``, p (B, 10) for ``"distribution"``."""
     from .objectives import class_probability, probabilities
+    from .paper import ImageNetInput
 
-    clf = getattr(classifier, "model", classifier)
+    paper = isinstance(classifier, ImageNetInput)  # paper profile: the wrapper is the classifier
+    clf = _unwrap(classifier)
+    name = "ResNet-50" if paper else "the digits ResNet"
     if mode == "class_probability":
-        return class_probability(clf, int(label), name="the digits ResNet")
+        return class_probability(clf, int(label), name=name)
     if mode == "distribution":
-        return probabilities(clf, name="the digits ResNet")
+        return probabilities(clf, name=name)
     raise _bad("mode", mode, f"one of {MODES}")
 
 
@@ -206,6 +228,8 @@ def run_methods(
     guidance_scale: float = 1.0,
     ddim_steps: int = 10,
     seed: int = 0,
+    prior=None,
+    batch_size: int | None = None,
 ) -> dict[str, MethodRun]:
     """Run every method in ``methods`` on the same objective, query, τ, seed and budget.
 
@@ -215,7 +239,9 @@ def run_methods(
     that term; the two pixel-space baselines run the same loop and loss with the image itself as
     the variable; ``guidance`` runs one DPS-style guided pass from the same starting noises with
     step ``guidance_scale`` and the same loss. ``keep_norm`` applies to the EquiDiff runs only
-    (it keeps |z_T| at its drawn size, a property of Gaussian starting noise).
+    (it keeps |z_T| at its drawn size, a property of Gaussian starting noise). ``prior``: another
+    prior instead of the DDPM's (paper profile: the latent DiT; ``ddpm`` unused), its samples
+    optimised ``batch_size`` at a time (:func:`equidiff.paper.find_invariants_batched`).
     """
     from .baselines import GuidanceConfig, guided_sampling, pixel_invariants
     from .diffusion import PixelDDIMPrior
@@ -231,9 +257,19 @@ def run_methods(
     if not _is_int(ddim_steps) or ddim_steps < 1:
         raise _bad("ddim_steps", ddim_steps, "an integer ≥ 1")
     objective = make_objective(classifier, mode, query.label)
-    # Not checkpointed: at 16×16 memory is no constraint (≈ 0.3 GiB at batch 32, T = 10) and the
-    # un-checkpointed step is ≈ 1.6× faster on a CPU (book: Performance page).
-    prior = PixelDDIMPrior(ddpm.model, ddpm.scheduler, num_steps=ddim_steps, checkpointing=False, clamp=True)
+    if prior is None:
+        # Not checkpointed: at 16×16 memory is no constraint (≈ 0.3 GiB at batch 32, T = 10) and the
+        # un-checkpointed step is ≈ 1.6× faster on a CPU (book: Performance page).
+        prior = PixelDDIMPrior(ddpm.model, ddpm.scheduler, num_steps=ddim_steps, checkpointing=False, clamp=True)
+        find = find_invariants
+    else:
+        if "guidance" in methods:
+            raise _bad("methods", methods, f"names among {PAPER_METHODS} with the latent prior (guidance steers a "
+                                           "pixel-space DDIM chain)")
+        from .paper import find_invariants_batched
+
+        def find(objective, query, prior, config):
+            return find_invariants_batched(objective, query, prior, config, batch_size)
 
     def cfg(cutoff, kn):
         return InvariantConfig(n_samples=n_samples, steps=steps, tau=tau, optimizer="adam", lr=lr,
@@ -242,9 +278,9 @@ def run_methods(
     runs: dict[str, MethodRun] = {}
     for name in methods:
         if name == "equidiff":
-            res = find_invariants(objective, query.image, prior, cfg(lowpass_cutoff, keep_norm))
+            res = find(objective, query.image, prior, cfg(lowpass_cutoff, keep_norm))
         elif name == "equidiff_no_lowpass":
-            res = find_invariants(objective, query.image, prior, cfg(None, keep_norm))
+            res = find(objective, query.image, prior, cfg(None, keep_norm))
         elif name in ("pixel", "pixel_fourier"):
             par = "pixel" if name == "pixel" else "fourier"
             res = pixel_invariants(objective, query.image, cfg(lowpass_cutoff, False), parameterization=par)
@@ -267,7 +303,7 @@ def _probs(clf, x: torch.Tensor) -> torch.Tensor:
 
 
 def method_row(run: MethodRun, classifier, query: Query, real_images: torch.Tensor, *, tau: float,
-               lowpass_cutoff: float) -> dict:
+               lowpass_cutoff: float, fid=None) -> dict:
     """The comparison-table row of one method, every number computed here from its returned images.
 
     success_rate: share of samples with ||L(x) − L(x*)||² < τ (members of IS(x*) at tolerance τ);
@@ -277,12 +313,13 @@ def method_row(run: MethodRun, classifier, query: Query, real_images: torch.Tens
     high_freq_share: mean share of (non-DC) spectral power above half Nyquist; fid: Fréchet
     distance in the classifier's penultimate-feature space to ``real_images``; diversity: mean
     pairwise distance of the samples in that space; same_class_rate: share the classifier assigns
-    the query's predicted class; seconds: the method's own wall time.
+    the query's predicted class; seconds: the method's own wall time. ``fid``: another FID, a
+    callable ``x -> FIDResult`` (paper profile: Inception features; ``fid_reason`` says why one is None).
     """
     from .filters import high_frequency_share, lowpass
     from .metrics import classifier_features, diversity, feature_fid, kl_divergence
 
-    clf = getattr(classifier, "model", classifier)
+    clf = _unwrap(classifier)
     objective = make_objective(clf, run.mode, query.label)
     x = run.x
     with torch.no_grad():
@@ -293,7 +330,11 @@ def method_row(run: MethodRun, classifier, query: Query, real_images: torch.Tens
     kl = kl_divergence(query.probs, p)
     res = run.result
     done = res.steps_to_converge[res.converged].float()
-    return {
+    extra = {}
+    if fid is not None:
+        f = fid(x)
+        extra = {"fid_features": f.features, "fid_reason": f.reason, "fid_note": f.note}
+    row = {
         "name": run.name,
         "label": run.label,
         "mode": run.mode,
@@ -305,12 +346,16 @@ def method_row(run: MethodRun, classifier, query: Query, real_images: torch.Tens
         "l2_lowpass_mean": float(l2_lp.mean()),
         "kl_mean": float(kl.mean()),
         "high_freq_share": float(high_frequency_share(x).mean()),
-        "fid": feature_fid(clf, x, real_images),
+        "fid": feature_fid(clf, x, real_images) if fid is None else None,
         "diversity": diversity(classifier_features(clf, x)),
         "same_class_rate": float((p.argmax(1) == query.predicted).float().mean()),
         "steps_median": float(done.median()) if done.numel() and res.config.steps > 0 else None,
         "seconds": float(res.seconds),
+        **extra,
     }
+    if fid is not None:
+        row["fid"] = f.value
+    return row
 
 
 def reference_row(classifier, query: Query, train_images: torch.Tensor, train_labels: torch.Tensor,
@@ -323,7 +368,7 @@ def reference_row(classifier, query: Query, train_images: torch.Tensor, train_la
     from .filters import high_frequency_share
     from .metrics import classifier_features, diversity, feature_fid
 
-    clf = getattr(classifier, "model", classifier)
+    clf = _unwrap(classifier)
     gen = torch.Generator().manual_seed(seed)
     ref = train_images[torch.randperm(len(train_images), generator=gen)[:n]]
     same = train_images[train_labels == query.label]
@@ -348,7 +393,7 @@ def cutoff_curves(classifier, query: Query, runs: dict, real_same_class: torch.T
     """
     from .filters import cutoff_sweep
 
-    clf = getattr(classifier, "model", classifier)
+    clf = _unwrap(classifier)
     y = query.label
 
     def p_true(x):
@@ -388,7 +433,7 @@ def spectra_block(run: MethodRun, classifier, query: Query, tau: float, title: s
     p_y(x) (and, for the distribution, KL(p(x*) ‖ p(x))), red-framed when outside IS(x*) at τ."""
     from .metrics import kl_divergence
 
-    clf = getattr(classifier, "model", classifier)
+    clf = _unwrap(classifier)
     p = _probs(clf, run.x)
     py = p[:, query.label]
     if run.mode == "distribution":
@@ -472,3 +517,128 @@ def table_html(rows: Sequence[dict], reference: dict | None, tau: float, lowpass
             "size), diversity of as many training digits of the query's class, spectral share of the test digits.")
     return (f"<table><thead><tr>{head}</tr></thead><tbody>{trs}</tbody></table>"
             f"<p><small>{esc(note)}</small></p>")
+
+
+# --------------------------------------------------------------------------------------------
+# One notebook, two worlds: the digits (cpu, smoke) and ResNet-50 + latent DiT (paper)
+# --------------------------------------------------------------------------------------------
+
+
+class ClassifierWorld:
+    """The chapter's classifier, prior, query and real images behind one interface, so the notebook
+    runs the same cells in every profile. cpu/smoke: the digits ResNet and DDPM, query
+    ``query_index`` of the test split, real digits for reference (the chapter's calls as they always
+    were); paper: ResNet-50 (ImageNet normalisation included), the latent DiT, query ``query_index``
+    of the user's images (:func:`equidiff.paper.load_paper_inputs`), Inception FID."""
+
+    def __init__(self, profile: str, query: Query, classifier, *, ddpm=None, train=None, test_images=None,
+                 paper=None):
+        self.profile, self.query, self.classifier, self.ddpm = profile, query, classifier, ddpm
+        self.train, self.test_images, self.paper = train, test_images, paper
+
+    @property
+    def is_paper(self) -> bool:
+        return self.paper is not None
+
+    def methods(self, methods) -> list[str]:
+        """:func:`resolve_methods`; paper: ``"all"`` is :data:`PAPER_METHODS` (no guidance: it needs a pixel prior)."""
+        if self.is_paper and isinstance(methods, str) and methods == "all":
+            return list(PAPER_METHODS)
+        names = resolve_methods(methods)
+        if self.is_paper and "guidance" in names:
+            raise _bad("methods", methods, f"'all' or names among {PAPER_METHODS} with profile 'paper' "
+                                           "(guidance steers a pixel-space DDIM chain; the latent DiT has none)")
+        return names
+
+    def run_methods(self, mode: str, methods, **kwargs) -> dict[str, MethodRun]:
+        if not self.is_paper:
+            return run_methods(self.classifier, self.ddpm, self.query, mode, methods, **kwargs)
+        cfg = self.paper.config
+        if kwargs.get("ddim_steps", cfg.ddim_steps) != cfg.ddim_steps:
+            raise _bad("ddim_steps", kwargs["ddim_steps"], f"the prior's T ({cfg.ddim_steps}): pass it to load_world")
+        return run_methods(self.classifier, None, self.query, mode, methods, prior=self.paper.models.prior,
+                           batch_size=cfg.batch_size, **kwargs)
+
+    def evaluate(self, runs: dict, *, tau: float, lowpass_cutoff: float) -> list[dict]:
+        """:func:`evaluate`; paper: FID in Inception features (None with ``fid_reason`` without its weights)."""
+        if not self.is_paper:
+            return evaluate(runs, self.classifier, self.query, self.test_images, tau=tau, lowpass_cutoff=lowpass_cutoff)
+        from .paper import fid_against_reference
+
+        rows = []
+        for run in runs.values():
+            fid = lambda x, run=run: fid_against_reference(  # noqa: E731
+                self.paper.models, x, self.paper.images, f"FID, {run.label}, {run.mode}")
+            run.row = method_row(run, self.classifier, self.query, self.paper.images, tau=tau,
+                                 lowpass_cutoff=lowpass_cutoff, fid=fid)
+            rows.append(run.row)
+        return rows
+
+    def reference_row(self, n: int, seed: int = 0) -> dict:
+        """:func:`reference_row`; paper: the query images (spectral share of all, diversity of those the
+        classifier puts in the query's class; no FID floor: there are no held-out real images)."""
+        if not self.is_paper:
+            return reference_row(self.classifier, self.query, *self.train, self.test_images, n, seed)
+        from .filters import high_frequency_share
+        from .metrics import classifier_features, diversity
+
+        same = self.real_same_class()
+        return {"name": "real_images", "label": "query images (reference)", "n": int(len(self.paper.images)),
+                "high_freq_share": float(high_frequency_share(self.paper.images).mean()), "fid": None,
+                "fid_reason": "no held-out real images at paper scale (the digits world's real-image floor)",
+                "diversity": diversity(classifier_features(self.classifier, same)) if len(same) > 1 else None}
+
+    def real_same_class(self) -> torch.Tensor:
+        """Real images of the query's class: training digits (cpu), or the query images the classifier
+        puts in the query's class (paper)."""
+        if not self.is_paper:
+            train_x, train_y = self.train
+            return train_x[train_y == self.query.label]
+        keep = self.paper.predicted == self.query.label
+        return self.paper.images[keep].to(self.paper.models.device)
+
+    def paper_metrics(self) -> dict:
+        """Extra metrics.json fields of the paper profile (the config, the query files); {} otherwise."""
+        if not self.is_paper:
+            return {}
+        return {"paper_config": self.paper.config.to_dict(), "device": str(self.paper.models.device),
+                "query_images": [str(f) for f in self.paper.files]}
+
+
+def load_world(profile: str = "cpu", query_index: int = 0, *, paper_config=None, query_images=None,
+               batch_size=None, bf16=None, device=None, ddim_steps=None) -> ClassifierWorld:
+    """The chapter's world for ``profile``: cpu/smoke: the zoo's digits models and query ``query_index`` of
+    the test split (the paper parameters must stay None); paper: :func:`equidiff.paper.load_paper_inputs`,
+    query ``query_index`` of the user's images (sorted by file name)."""
+    resolve_profile(profile)
+    if profile != "paper":
+        from .paper import reject_paper_parameters
+        from .zoo import get_model, load_digits16
+
+        reject_paper_parameters(profile, paper_config=paper_config, query_images=query_images,
+                                batch_size=batch_size, bf16=bf16, device=device)
+        clf = get_model("digits-classifier", progress=False)
+        ddpm = get_model("digits-ddpm", progress=False)
+        train = load_digits16("train")
+        test_x, _ = load_digits16("test")
+        return ClassifierWorld(profile, load_query(clf, query_index), clf, ddpm=ddpm, train=train, test_images=test_x)
+    from .paper import load_paper_inputs, predict_classes
+
+    inputs = load_paper_inputs(paper_config, query_images, batch_size=batch_size, bf16=bf16, device=device,
+                               ddim_steps=ddim_steps)
+    n = len(inputs.images)
+    if not _is_int(query_index) or not (0 <= query_index < n):
+        raise _bad("query_index", query_index, f"an integer in [0, {n - 1}] (the {n} query_images, sorted by name)")
+    clf = inputs.models.classifier
+    x = inputs.images[query_index: query_index + 1].to(inputs.models.device)  # (1, 3, S, S)
+    p = predict_classes(clf, x, probabilities=True)[0].to(inputs.models.device)  # (1000,)
+    label = int(p.argmax())  # no true labels: the classifier's class is the query's class
+    query = Query(query_index, x, label, p, label, source=str(inputs.files[query_index]))
+    return ClassifierWorld(profile, query, clf, paper=inputs)
+
+
+def row_line(mode: str, row: dict) -> str:
+    """One printed line per method row (a figure that was not computed prints as –)."""
+    return (f"{mode:>17} | {row['label']:<27} success {row['success_rate']:.2f}  L2 {row['l2_mean']:.2g}  "
+            f"KL {row['kl_mean']:.3g}  HF {row['high_freq_share']:.3f}  FID {_f(row['fid'], '.1f')}  "
+            f"{row['seconds']:.1f} s")

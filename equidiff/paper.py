@@ -24,7 +24,10 @@ ship LightningDiT:
   ImageNet images), resized and centre-cropped to the prior's resolution, in [-1, 1].
 * **SAE** — loaded by :mod:`equidiff.sae` from :attr:`PaperConfig.sae_path` (Prisma / SAELens
   format); this module only carries the path (hook point: :func:`load_paper_models` leaves
-  ``PaperModels.sae`` to that module).
+  ``PaperModels.sae`` to that module). The ViT it reads — :func:`load_vit`: a timm
+  ``VisionTransformer`` (default ``vit_base_patch32_clip_224.datacompxl``, the CLIP ViT-B/32 of
+  Prisma's CLIP SAEs) with its pretrained weights, wrapped in :class:`ImageNetInput` (CLIP's
+  normalisation, 256 → 224); the chapter's world is :func:`equidiff.sae.load_world`.
 
 **Weights never download by default.** Every loader looks in the folder/file the user names,
 then in the local Hugging Face cache (``huggingface_hub``'s ``HF_HUB_CACHE``, or ``cache_dir``);
@@ -66,6 +69,8 @@ __all__ = [
     "find_weights_file",
     "load_latent_prior",
     "load_classifier",
+    "VIT_MODEL",
+    "load_vit",
     "ImageNetInput",
     "disable_inplace",
     "paper_neuron_layer",
@@ -88,6 +93,13 @@ __all__ = [
     "resolve_device",
     "write_tiny_models",
     "prior_image_size",
+    "paper_parameters",
+    "query_image_files",
+    "PaperInputs",
+    "load_paper_inputs",
+    "predict_classes",
+    "fid_against_reference",
+    "reject_paper_parameters",
 ]
 
 # Thesis Section 4.2.1: ResNet-50 last-stage neurons and the concepts SemanticLens gave them.
@@ -95,6 +107,9 @@ PAPER_NEURONS = {1656: "zebra striping", 1052: "honeycomb", 421: "gyromitra"}
 DIT_MODEL = "facebook/DiT-XL-2-256"  # diffusers' DiT: the stand-in for the thesis' LightningDiT
 CLASSIFIER_MODEL = "resnet50.a1_in1k"  # timm's default pretrained resnet50 (the thesis does not name its weights)
 INCEPTION_MODEL = "inception_v3.tv_in1k"  # torchvision's Inception-v3 weights, as timm ships them
+# The ViT of the SAE chapter: timm's CLIP ViT-B/32 trained on DataComp-XL, the model Prisma's CLIP-B/32 SAEs
+# read (open_clip laion/CLIP-ViT-B-32-DataComp.XL-s13B-b90K). The thesis names neither its ViT nor its SAE.
+VIT_MODEL = "vit_base_patch32_clip_224.datacompxl"
 # The parts of a diffusers DiT pipeline folder this module loads (model_index.json is optional).
 DIT_PARTS = ("transformer", "vae", "scheduler")
 DIT_PATTERNS = ["model_index.json", "transformer/*", "vae/*", "scheduler/*"]
@@ -486,6 +501,33 @@ def paper_neuron_objective(classifier: nn.Module, channel: int, reduce: str = "m
     return neuron_map(classifier, layer, channel, reduce=reduce, read=read, name=label)
 
 
+def load_vit(
+    model: str = VIT_MODEL,
+    path: Optional[PathLike] = None,
+    *,
+    cache_dir: Optional[PathLike] = None,
+    allow_download: bool = False,
+    input_size: Optional[int] = None,
+    model_kwargs: Optional[dict] = None,
+    device: Optional[Union[str, torch.device]] = None,
+) -> ImageNetInput:
+    """A timm ``VisionTransformer`` with pretrained weights, frozen, wrapped for the sampler's [-1, 1]
+    images (:class:`ImageNetInput`: resize to ``input_size``, default the pretrained config's 224, and
+    the model's own mean/std — CLIP's for a CLIP ViT). Found as :func:`load_classifier` finds its
+    weights: ``path`` (a file, or a folder holding ``model.safetensors``), else the Hugging Face cache;
+    downloaded only when ``allow_download``. The ViT is ``.model``; an SAE reads ``.model.blocks[L]``
+    (:mod:`equidiff.sae`). Raises :class:`ModelNotFoundError` naming the model, where it looked and
+    the fetch command; ``ValueError`` when ``model`` is not a ViT (no ``blocks``).
+    """
+    file = find_weights_file(model, path, cache_dir=cache_dir, allow_download=allow_download)
+    net = _create_timm(model, file, model_kwargs)
+    blocks = getattr(net, "blocks", None)
+    if not isinstance(blocks, nn.Sequential) or len(blocks) == 0:
+        raise _bad("vit_model", model, "a timm VisionTransformer (with .blocks), e.g. " + repr(VIT_MODEL))
+    net = disable_inplace(net).to(resolve_device(device)).eval().requires_grad_(False)
+    return ImageNetInput(net, input_size=input_size)
+
+
 @torch.no_grad()
 def strongest_query(objective: Objective, images: torch.Tensor, batch_size: int = 32) -> tuple[int, torch.Tensor]:
     """Index and mean measurement of the image whose objective is largest on average (Section 4.2.2,
@@ -837,7 +879,15 @@ class PaperConfig:
     classifier_kwargs: dict = field(default_factory=dict)  # extra timm.create_model arguments (tests: a tiny ResNet)
     inception_model: str = INCEPTION_MODEL  # FID feature model (timm name)
     inception_path: Optional[str] = None  # weights file or folder; None: the HF cache
+    inception_kwargs: dict = field(default_factory=dict)  # extra timm.create_model arguments of the FID model (tests: a stand-in)
+    fid_reference: Optional[str] = None  # .npz with Inception "mu", "sigma" (and "n") of real images, e.g. ImageNet val; None: the query images
     sae_path: Optional[str] = None  # ViT SAE folder (Prisma / SAELens format), loaded by equidiff.sae
+    sae_layer: Optional[int] = None  # ViT block whose residual stream (blocks.<L>.hook_resid_post) the SAE reads; None: the SAE's config
+    sae_features: tuple = ()  # SAE features that features="auto" runs; (): the ones most active on the query images
+    vit_model: str = VIT_MODEL  # timm name with pretrained tag of the ViT the SAE reads
+    vit_path: Optional[str] = None  # its weights file or folder; None: the HF cache
+    vit_input_size: Optional[int] = None  # side the images are resized to for the ViT; None: its pretrained config (224)
+    vit_kwargs: dict = field(default_factory=dict)  # extra timm.create_model arguments of the ViT (tests: a tiny ViT)
     cache_dir: Optional[str] = None  # Hugging Face hub cache; None: huggingface_hub's default (HF_HUB_CACHE)
     allow_download: bool = False  # True: fetch missing weights from the Hub (off: never download)
     # --- the sampler and the loop ---
@@ -852,11 +902,12 @@ class PaperConfig:
     device: str = "auto"  # "auto" (cuda:<LOCAL_RANK> if available, else cpu), "cpu", "cuda", "cuda:1", ...
 
     def __post_init__(self):
-        for name in ("dit_model", "classifier_model", "inception_model"):
+        for name in ("dit_model", "classifier_model", "inception_model", "vit_model"):
             v = getattr(self, name)
             if not isinstance(v, str) or not v.strip():
                 raise _bad(name, v, "a non-empty model name")
-        for name in ("dit_path", "classifier_path", "inception_path", "sae_path", "cache_dir"):
+        for name in ("dit_path", "classifier_path", "inception_path", "fid_reference", "sae_path", "cache_dir",
+                     "vit_path"):
             v = getattr(self, name)
             if v is not None and not isinstance(v, (str, os.PathLike)):
                 raise _bad(name, v, "None or a path")
@@ -866,8 +917,18 @@ class PaperConfig:
             not _is_int(self.classifier_input_size) or self.classifier_input_size < 8
         ):
             raise _bad("classifier_input_size", self.classifier_input_size, "None or an integer ≥ 8 (pixels)")
-        if not isinstance(self.classifier_kwargs, dict):
-            raise _bad("classifier_kwargs", self.classifier_kwargs, "a dict of timm.create_model arguments")
+        if self.vit_input_size is not None and (not _is_int(self.vit_input_size) or self.vit_input_size < 8):
+            raise _bad("vit_input_size", self.vit_input_size, "None or an integer ≥ 8 (pixels)")
+        if self.sae_layer is not None and (not _is_int(self.sae_layer) or self.sae_layer < 0):
+            raise _bad("sae_layer", self.sae_layer, "None (the SAE's config) or an integer ≥ 0 (a ViT block)")
+        if not isinstance(self.sae_features, (tuple, list)) or not all(
+            _is_int(f) and f >= 0 for f in self.sae_features
+        ):
+            raise _bad("sae_features", self.sae_features, "a tuple of SAE feature indices ≥ 0 (empty: the most active)")
+        self.sae_features = tuple(self.sae_features)
+        for name in ("classifier_kwargs", "inception_kwargs", "vit_kwargs"):
+            if not isinstance(getattr(self, name), dict):
+                raise _bad(name, getattr(self, name), "a dict of timm.create_model arguments")
         for name in ("allow_download", "bf16", "checkpointing", "clamp"):
             if not isinstance(getattr(self, name), bool):
                 raise _bad(name, getattr(self, name), "True or False")
@@ -899,7 +960,8 @@ class PaperConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"unknown PaperConfig field(s) {unknown}; allowed: {sorted(known)}")
-        return cls(**{k: tuple(v) if k == "neurons" else v for k, v in d.items()})
+        return cls(**{k: tuple(v) if k == "neurons" or (k == "sae_features" and isinstance(v, list)) else v
+                      for k, v in d.items()})
 
 
 @dataclass
@@ -926,10 +988,14 @@ class PaperModels:
         """Inception FID per :func:`inception_fid`, from this config's Inception weights."""
         c = self.config
         return inception_fid(samples, reference, figure, model=c.inception_model, path=c.inception_path,
-                             cache_dir=c.cache_dir, allow_download=c.allow_download)
+                             cache_dir=c.cache_dir, allow_download=c.allow_download,
+                             model_kwargs=c.inception_kwargs or None)
 
 
 TINY_CLASSIFIER_KWARGS = dict(layers=[1, 1, 1, 1], channels=[8, 8, 8, 8], stem_width=8)
+# a 2-block, 16-wide ViT of VIT_MODEL's class on 32 px images: 4×4 patches of 8 px + a class token = 17 tokens
+TINY_VIT_KWARGS = dict(img_size=32, patch_size=8, embed_dim=16, depth=2, num_heads=2)
+TINY_SAE_LAYER = 1  # the tiny SAE reads blocks.1.hook_resid_post of the tiny ViT
 
 
 def write_tiny_models(folder: PathLike, seed: int = 0, legacy_dit_config: bool = False) -> PaperConfig:
@@ -939,7 +1005,10 @@ def write_tiny_models(folder: PathLike, seed: int = 0, legacy_dit_config: bool =
     ``folder/dit/{transformer,vae,scheduler}``: a 1-layer ``DiTTransformer2DModel`` (latent
     4×4×4, learned sigma, 10 classes: null class 10), an ``AutoencoderKL`` decoding to 16×16 RGB,
     a 100-step ``DDIMScheduler``; ``folder/resnet50.safetensors``: timm ``resnet50`` with one
-    Bottleneck per stage and 8-wide stages (last stage: 32 channels), read at 64 px (2×2 maps).
+    Bottleneck per stage and 8-wide stages (last stage: 32 channels), read at 64 px (2×2 maps);
+    ``folder/vit.safetensors``: timm ``vit_base_patch32_clip_224`` (:data:`VIT_MODEL`'s class) with 2
+    blocks of width 16, read at 32 px (17 tokens); ``folder/sae/``: a ReLU SAE in the SAELens layout
+    (``cfg.json`` + ``sae_weights.safetensors``, d_in 16, d_sae 64) on its ``blocks.1.hook_resid_post``.
     For tests and ``benchmarks/bench_gpu.py --tiny``; their outputs mean nothing.
     ``legacy_dit_config``: write the transformer's config as the Hub's ``Transformer2DModel``
     (as facebook/DiT-XL-2-256 ships it) to exercise the remapping.
@@ -968,6 +1037,7 @@ def write_tiny_models(folder: PathLike, seed: int = 0, legacy_dit_config: bool =
                 m.running_mean.normal_(0, 0.1)
                 m.running_var.uniform_(0.5, 1.5)
         save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(folder / "resnet50.safetensors"))
+        _write_tiny_vit_sae(folder)
     if legacy_dit_config:
         cfg_path = folder / "dit" / "transformer" / "config.json"
         cfg = json.loads(cfg_path.read_text())
@@ -977,7 +1047,31 @@ def write_tiny_models(folder: PathLike, seed: int = 0, legacy_dit_config: bool =
         dit_path=str(folder / "dit"), classifier_model="resnet50.a1_in1k",
         classifier_path=str(folder / "resnet50.safetensors"), classifier_kwargs=dict(TINY_CLASSIFIER_KWARGS),
         classifier_input_size=64, image_size=16, neurons=(3, 17, 30), ddim_steps=3, batch_size=4, device="cpu",
+        vit_model=VIT_MODEL, vit_path=str(folder / "vit.safetensors"), vit_kwargs=dict(TINY_VIT_KWARGS),
+        vit_input_size=TINY_VIT_KWARGS["img_size"], sae_path=str(folder / "sae"),
     )
+
+
+def _write_tiny_vit_sae(folder: Path) -> None:
+    """The tiny ViT (``vit.safetensors``) and a random ReLU SAE on its block 1 (``sae/``, SAELens layout),
+    from the caller's random state: decoder rows of unit norm, encoder = decoder transposed, encoder biases
+    spread around 0 so that features fire on some images and not on others."""
+    import timm
+    from safetensors.torch import save_file
+
+    from .sae import SparseAutoencoder
+
+    vit = timm.create_model(VIT_MODEL, pretrained=False, **TINY_VIT_KWARGS)
+    save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, str(folder / "vit.safetensors"))
+    d_in = TINY_VIT_KWARGS["embed_dim"]
+    sae = SparseAutoencoder(d_in, 4 * d_in, "relu", hook_name=f"blocks.{TINY_SAE_LAYER}.hook_resid_post",
+                            layer=TINY_SAE_LAYER, model_name=VIT_MODEL)
+    with torch.no_grad():
+        w = torch.randn(sae.d_sae, d_in)
+        sae.W_dec.copy_(w / w.norm(dim=1, keepdim=True))
+        sae.W_enc.copy_(sae.W_dec.t())
+        sae.b_enc.copy_(torch.randn(sae.d_sae) * 0.5)
+    sae.save(folder / "sae")
 
 
 def load_paper_models(config: Optional[PaperConfig] = None, *, prior=None) -> PaperModels:
@@ -999,3 +1093,110 @@ def load_paper_models(config: Optional[PaperConfig] = None, *, prior=None) -> Pa
                                  allow_download=c.allow_download, input_size=c.classifier_input_size,
                                  model_kwargs=c.classifier_kwargs, device=dev)
     return PaperModels(prior, classifier, c, dev)
+
+
+# --------------------------------------------------------------------------------------------
+# The chapters' notebooks: their paper parameters, checked and turned into models and images
+# --------------------------------------------------------------------------------------------
+
+
+def paper_parameters(paper_config=None, *, batch_size=None, bf16=None, device=None, ddim_steps=None) -> PaperConfig:
+    """The :class:`PaperConfig` of a notebook run with ``profile="paper"``.
+
+    ``paper_config``: None (the defaults: DiT-XL-2-256, resnet50.a1_in1k, Inception-v3 from the HF
+    cache), the path of a JSON file holding PaperConfig fields, or a dict of them. The notebook's
+    ``batch_size``, ``bf16``, ``device`` and ``ddim_steps`` replace the config's values unless None.
+    Every bad value raises ``ValueError`` naming the parameter (or the PaperConfig field).
+    """
+    if paper_config is None:
+        fields = {}
+    elif isinstance(paper_config, dict):
+        fields = dict(paper_config)
+    elif isinstance(paper_config, (str, os.PathLike)):
+        path = Path(paper_config)
+        if not path.is_file():
+            raise FileNotFoundError(f"paper_config: file {path} does not exist (give the path of a JSON file of "
+                                    "PaperConfig fields, a dict of them, or None for the defaults)")
+        try:
+            fields = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"paper_config: {path} is not valid JSON: {err}") from None
+        if not isinstance(fields, dict):
+            raise _bad("paper_config", str(path), "a JSON file holding one object of PaperConfig fields")
+    else:
+        raise _bad("paper_config", paper_config, "None, the path of a JSON file of PaperConfig fields, or a dict of them")
+    overrides = {"batch_size": batch_size, "bf16": bf16, "device": device, "ddim_steps": ddim_steps}
+    fields.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return PaperConfig.from_dict(fields)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"paper_config: {err}") from None
+
+
+def query_image_files(query_images) -> list[Path]:
+    """The files of the notebook parameter ``query_images`` (a folder, or a list of image files), checked."""
+    if query_images is None:
+        raise ValueError("query_images must be a folder of images or a list of image files for profile 'paper' "
+                         "(the project ships no ImageNet images: e.g. a folder of ImageNet validation images), got None")
+    if isinstance(query_images, (str, os.PathLike)) and not Path(query_images).exists():
+        raise FileNotFoundError(f"query_images: folder or file {query_images} does not exist")
+    if not isinstance(query_images, (str, os.PathLike, list, tuple)):
+        raise _bad("query_images", query_images, "a folder or a list of image files")
+    try:
+        return list_images(query_images)
+    except (FileNotFoundError, ValueError) as err:
+        raise type(err)(f"query_images: {err}") from None
+
+
+@dataclass
+class PaperInputs:
+    """What a paper-profile notebook starts from: the models, the user's query images, their classes."""
+
+    models: PaperModels
+    images: torch.Tensor  # (N, 3, S, S) in [-1, 1], S = config.image_size
+    files: list  # N paths
+    predicted: torch.Tensor  # (N,) the classifier's ImageNet class of each image
+
+    @property
+    def config(self) -> PaperConfig:
+        return self.models.config
+
+
+def load_paper_inputs(paper_config=None, query_images=None, *, batch_size=None, bf16=None, device=None,
+                      ddim_steps=None) -> PaperInputs:
+    """Check a notebook's paper parameters, load the models (never downloading unless the config's
+    ``allow_download``) and the query images (resized and centre-cropped to ``image_size``)."""
+    cfg = paper_parameters(paper_config, batch_size=batch_size, bf16=bf16, device=device, ddim_steps=ddim_steps)
+    files = query_image_files(query_images)
+    models = load_paper_models(cfg)
+    images, files = load_query_images(files, size=cfg.image_size)
+    return PaperInputs(models, images, files, predict_classes(models.classifier, images, cfg.batch_size))
+
+
+@torch.no_grad()
+def predict_classes(classifier: nn.Module, images: torch.Tensor, batch_size: int = 32,
+                    probabilities: bool = False) -> torch.Tensor:
+    """The classifier's class (N,) — or its softmax probabilities (N, K) — of images in [-1, 1], on CPU."""
+    dev = _param_device(classifier)
+    out = []
+    for i in range(0, len(images), batch_size):
+        logits = classifier(images[i: i + batch_size].to(dev)).float()
+        out.append((torch.softmax(logits, 1) if probabilities else logits.argmax(1)).cpu())
+    return torch.cat(out)
+
+
+def fid_against_reference(models: PaperModels, samples: torch.Tensor, real: torch.Tensor, figure: str) -> FIDResult:
+    """Inception FID of ``samples`` against ``config.fid_reference`` (an .npz of statistics) when set,
+    else against the real images ``real`` (the user's query images)."""
+    ref = models.config.fid_reference
+    if ref is not None and not Path(ref).is_file():
+        return FIDResult(figure, None, f"fid_reference {ref} does not exist", n_samples=len(samples))
+    return models.fid(samples.float().cpu(), ref if ref is not None else real.float().cpu(), figure)
+
+
+def reject_paper_parameters(profile: str, **params) -> None:
+    """Raise ``ValueError`` when a paper-only notebook parameter is set (not None) under another profile."""
+    used = [k for k, v in params.items() if v is not None]
+    if used:
+        raise ValueError(f"{used[0]} is a parameter of profile 'paper' only; with profile {profile!r} leave it None "
+                         f"(got {params[used[0]]!r})")

@@ -279,24 +279,33 @@ def _frame_red(ax):
 
 
 def sae_top_images(rows: Sequence[dict], cols: int = 8):
-    """Each chosen SAE feature's top-activating training images: one row per feature.
+    """Each chosen SAE feature's top-activating images: one row per feature.
 
-    ``rows``: dicts with ``feature``, ``concept``, ``selectivity``, ``firing_rate``, ``images``
-    (n, 1, H, W) in [-1, 1], ``values`` (n,) the feature's activations and ``labels`` (n,) digit classes.
+    ``rows``: dicts with ``feature``, ``firing_rate``, ``images`` (n, 1, H, W) in [-1, 1] and
+    ``values`` (n,) the feature's activations; in the digits world also ``concept``,
+    ``selectivity`` and ``labels`` (n,) digit classes, at paper scale (no labels) ``indices``
+    (n,) the images' numbers among the query images.
     """
     plt = _plt()
     n = len(rows)
     fig, axes = plt.subplots(n, cols, figsize=(1.15 * cols, 1.5 * n + 0.2), constrained_layout=True,
                              squeeze=False)
+    labelled = all("labels" in row for row in rows)
     for i, row in enumerate(rows):
         for j in range(cols):
             ax = axes[i, j]
             if j >= len(row["images"]):
                 ax.axis("off")
                 continue
-            _img(ax, row["images"][j], f"'{int(row['labels'][j])}'  {float(row['values'][j]):.2f}")
-        axes[i, 0].set_ylabel(f"#{row['feature']}\n{row['concept']}\nsel. {row['selectivity']:.2f}, "
-                              f"rate {row['firing_rate']:.2f}", fontsize=7.5)
+            name = f"'{int(row['labels'][j])}'" if labelled else f"#{int(row['indices'][j])}"
+            _img(ax, row["images"][j], f"{name}  {float(row['values'][j]):.2f}")
+        if labelled:
+            axes[i, 0].set_ylabel(f"#{row['feature']}\n{row['concept']}\nsel. {row['selectivity']:.2f}, "
+                                  f"rate {row['firing_rate']:.2f}", fontsize=7.5)
+        else:
+            axes[i, 0].set_ylabel(f"feature #{row['feature']}\nrate {row['firing_rate']:.2f}", fontsize=7.5)
+    if not labelled:
+        fig.suptitle("top-activating query images (title: image number, activation)", fontsize=9)
     return fig
 
 
@@ -379,6 +388,7 @@ METHOD_COLORS = {
 
 
 def _spectrum(ax, s, vmin, vmax, title=None):
+    s = s.detach().cpu() if hasattr(s, "detach") else s  # spectra of GPU samples
     ax.imshow(np.asarray(s), cmap="magma", vmin=vmin, vmax=vmax, interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([])
@@ -535,4 +545,135 @@ def classifier_convergence_figure(histories: dict, tau: float):
     b.set_ylabel("samples still above τ")
     a.legend(fontsize=7)
     b.legend(fontsize=7)
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# Chapter 5: applications (planted shortcut, choosing members)
+# --------------------------------------------------------------------------------------------
+
+
+def shortcut_world_figure(images, labels, marked, shortcut_class: int, per_class: int = 3):
+    """Training images of the planted-shortcut world: for each class, ``per_class`` images, marked
+    ones first; the title says the class and its share of marked training images."""
+    plt = _plt()
+    labels, marked = np.asarray(labels), np.asarray(marked, dtype=bool)
+    fig, axes = plt.subplots(per_class, 10, figsize=(10 * 0.95, per_class * 1.05 + 0.5),
+                             constrained_layout=True, squeeze=False)
+    for c in range(10):
+        idx = np.flatnonzero(labels == c)
+        order = np.concatenate([idx[marked[idx]], idx[~marked[idx]]])[:per_class]
+        for r in range(per_class):
+            ax = axes[r, c]
+            _img(ax, images[order[r]])
+            if r == 0:
+                share = marked[idx].mean()
+                ax.set_title(f"'{c}': {share:.0%}", fontsize=9, color="red" if c == shortcut_class else "black")
+    fig.suptitle("training images per class (top: marked ones first); title: share of that class carrying "
+                 "the marker", fontsize=9)
+    return fig
+
+
+def reliance_figure(rows: dict):
+    """Grouped bars: per classifier (``rows`` name -> reliance dict), accuracy on clean, in-distribution
+    and marker-swapped test images, and the share of marked other-class images called the shortcut class."""
+    plt = _plt()
+    keys = [("clean", "clean"), ("in_distribution", "as in training"), ("swapped", "marker swapped"),
+            ("marked_to_shortcut", "other class + marker\n→ shortcut class")]
+    fig, ax = plt.subplots(figsize=(9.0, 3.2), constrained_layout=True)
+    w = 0.8 / max(len(rows), 1)
+    colors = ["#d62728", "#1f77b4", "#7f7f7f"]
+    for i, (name, r) in enumerate(rows.items()):
+        vals = [r[k] for k, _ in keys]
+        pos = np.arange(len(keys)) + (i - (len(rows) - 1) / 2) * w
+        bars = ax.bar(pos, vals, w, label=name, color=colors[i % len(colors)])
+        for b, v in zip(bars, vals):
+            ax.text(b.get_x() + b.get_width() / 2, v + 0.01, f"{v:.2f}", ha="center", va="bottom", fontsize=6.5)
+    ax.set_xticks(np.arange(len(keys)), [lbl for _, lbl in keys], fontsize=8)
+    ax.set_ylabel("share of test images")
+    ax.set_ylim(0, 1.08)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="classifier", title_fontsize=8)
+    ax.set_title("Does the classifier read the digit or the marker? (digits test split, 360 images)", fontsize=9)
+    return fig
+
+
+def detection_grid(detection, cols: int = 16, max_n: int = 64):
+    """Invariant samples of one classifier's shortcut-class probability. Under each image: the judge's
+    class for the marker-blanked image. Red frame: a planted-shortcut hit (member, marker, not the
+    class); grey background title: not a member (loss ≥ τ)."""
+    plt = _plt()
+    n = min(len(detection.x), max_n)
+    rows = int(np.ceil(n / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.62, rows * 0.78 + 0.45), constrained_layout=True,
+                             squeeze=False)
+    hits = detection.hits.numpy()
+    for i in range(rows * cols):
+        ax = axes[i // cols, i % cols]
+        if i >= n:
+            ax.axis("off")
+            continue
+        member = bool(detection.converged[i])
+        _img(ax, detection.x[i], f"'{int(detection.judged[i])}'" + ("" if member else " ✗"), fontsize=6.5)
+        if hits[i]:
+            _frame_red(ax)
+    s = detection.summary()
+    fig.suptitle(f"{detection.name} classifier: {s['n_members']}/{s['n_samples']} members; red = marker and "
+                 f"not a '{detection.shortcut_class}' ({s['share']:.0%} of members); label = judge's class "
+                 f"of the image with the corner blanked; ✗ = not a member", fontsize=8.5)
+    return fig
+
+
+def share_figure(summaries: dict, shortcut_class: int):
+    """Share of invariant-set members that carry the marker without depicting the shortcut class,
+    per classifier, with the bootstrap interval as an error bar."""
+    plt = _plt()
+    names = list(summaries)
+    vals = np.array([summaries[n]["share"] for n in names])
+    lo = np.array([summaries[n]["interval"][0] for n in names])
+    hi = np.array([summaries[n]["interval"][1] for n in names])
+    fig, ax = plt.subplots(figsize=(4.2, 3.0), constrained_layout=True)
+    ax.bar(names, vals, color=["#d62728", "#1f77b4"][: len(names)], yerr=[vals - lo, hi - vals], capsize=6)
+    for i, n in enumerate(names):
+        ax.text(i, hi[i] + 0.02, f"{vals[i]:.2f}\n[{lo[i]:.2f}, {hi[i]:.2f}]", ha="center", va="bottom", fontsize=8)
+    ax.set_ylabel(f"share of members: marker, not a '{shortcut_class}'")
+    ax.set_ylim(0, min(1.25, max(0.3, float(hi.max()) + 0.3)))
+    ax.set_title("invariant sets of p(shortcut class)\n(95 % bootstrap intervals)", fontsize=9)
+    return fig
+
+
+def selection_figure(x, picked: Sequence[int], random_picked: Sequence[int], relevant, judged=None,
+                     title_picked: str = "selected", title_random: str = "random"):
+    """Two rows of k images from one pool: the selected members and a random choice; red frame = relevant."""
+    plt = _plt()
+    rel = np.asarray(relevant, dtype=bool)
+    k = len(picked)
+    fig, axes = plt.subplots(2, k, figsize=(k * 0.85 + 0.6, 2.3), constrained_layout=True, squeeze=False)
+    for r, (idx, name) in enumerate([(picked, title_picked), (random_picked, title_random)]):
+        for j, i in enumerate(idx):
+            ax = axes[r, j]
+            _img(ax, x[i], None if judged is None else f"'{int(judged[i])}'", fontsize=7)
+            if rel[i]:
+                _frame_red(ax)
+        axes[r, 0].set_ylabel(f"{name}\n{rel[list(idx)].mean():.0%} red", fontsize=8)
+    return fig
+
+
+def circles_selection_figure(model, points, picked: Sequence[int], train_points, query, box: float = 2.5):
+    """Circles world: an invariant set (orange), the k selected members (black rings, numbered in pick
+    order), the training data (grey) and the query (star)."""
+    plt = _plt()
+    pts = np.asarray(points)
+    fig, ax = plt.subplots(figsize=(4.2, 4.2), constrained_layout=True)
+    tr = np.asarray(train_points)
+    ax.scatter(tr[:, 0], tr[:, 1], s=3, c="0.8", label="training data")
+    ax.scatter(pts[:, 0], pts[:, 1], s=6, c=ORANGE, label="invariant set")
+    sel = pts[list(picked)]
+    ax.scatter(sel[:, 0], sel[:, 1], s=70, facecolors="none", edgecolors="black", linewidths=1.5,
+               label="selected")
+    for n, (px, py) in enumerate(sel):
+        ax.annotate(str(n + 1), (px, py), xytext=(4, 4), textcoords="offset points", fontsize=8)
+    q = np.asarray(query).reshape(-1)
+    ax.scatter([q[0]], [q[1]], marker="*", s=150, c="black", label="query")
+    _frame(ax, box, "choosing k members of an invariant set")
+    ax.legend(fontsize=7, loc="lower right")
     return fig

@@ -39,6 +39,14 @@ image that activates it most; ``n_samples`` members of IS(x*) = {x : f(x) = f(x*
 :func:`equidiff.invariants.find_invariants` through the pixel DDIM prior; the digits classifier
 labels the samples and the top-activating real images, to measure whether the samples "extend
 beyond the training examples' concept" as the thesis reports.
+
+**Paper scale** (``profile="paper"``, :func:`load_world`, :class:`SAEWorld`): a timm ViT with
+pretrained weights (:func:`equidiff.paper.load_vit`; default the CLIP ViT-B/32 of Prisma's CLIP SAEs),
+an SAE read by :func:`load_sae` from ``PaperConfig.sae_path`` on ``blocks.<L>.hook_resid_post``, the
+latent DiT prior and the user's query images. There are no labels: features are given or are the
+ones most active on the query images (:func:`choose_paper_features`); concept, selectivity and every
+figure of the judge classifier are None with a ``<field>_reason`` in metrics.json; FID is Inception's
+(:meth:`equidiff.paper.PaperModels.fid`), None with its reason when those weights are absent.
 """
 
 from __future__ import annotations
@@ -94,6 +102,12 @@ __all__ = [
     "realism_summary",
     "label_histogram",
     "features_html",
+    "SAEWorld",
+    "load_world",
+    "PaperSAEInputs",
+    "load_paper_sae",
+    "choose_paper_features",
+    "run_paper_feature",
 ]
 
 SAE_KINDS = ("relu", "topk")  # ReLU + L1 penalty, or TopK (Gao et al., 2024)
@@ -108,6 +122,7 @@ CONFIDENT = 0.9  # classifier confidence that counts as "looks like a digit" (as
 # Profiles of the chapter's notebook. "cpu": the embedded presets of equidiff.zoo at full size;
 # "smoke": the same code path on the tiny presets (seconds; tests and CI). The notebook takes the
 # model presets and budgets as explicit parameters; the profile is validated and recorded.
+# A third profile, "paper", runs a timm ViT with an SAE from a local folder (load_world).
 PROFILES = ("cpu", "smoke")
 
 
@@ -373,13 +388,25 @@ def block_name(layer: int) -> str:
     return f"blocks.{layer}"
 
 
+def _vit_body(vit: nn.Module) -> nn.Module:
+    """The timm VisionTransformer itself: ``vit``, or the ``.model`` of an input wrapper
+    (:class:`equidiff.paper.ImageNetInput`, whose forward normalises [-1, 1] images first)."""
+    if isinstance(vit, nn.Module) and getattr(vit, "blocks", None) is None and isinstance(
+        getattr(vit, "model", None), nn.Module
+    ):
+        if getattr(vit.model, "blocks", None) is not None:
+            return vit.model
+    return vit
+
+
 def _block(vit: nn.Module, layer) -> nn.Module:
-    blocks = getattr(vit, "blocks", None)
+    body = _vit_body(vit)
+    blocks = getattr(body, "blocks", None)
     if blocks is None:
         raise TypeError(f"vit must be a timm VisionTransformer (with .blocks), got {type(vit).__name__}")
     if not _is_int(layer) or not (0 <= layer < len(blocks)):
         raise _bad("layer", layer, f"an integer in [0, {len(blocks) - 1}] (blocks of the ViT)")
-    return resolve_module(vit, block_name(layer))
+    return resolve_module(body, block_name(layer))
 
 
 def _run_to_block(vit: nn.Module, layer: int, x: torch.Tensor) -> torch.Tensor:
@@ -411,7 +438,8 @@ def _check_images(images) -> torch.Tensor:
 
 def check_compatible(sae: SparseAutoencoder, vit: nn.Module, layer: int) -> None:
     """Raise ``ValueError`` unless ``sae`` reads vectors as wide as ``vit.blocks[layer]``'s output."""
-    width = getattr(vit, "embed_dim", None) or getattr(vit, "num_features", None)
+    body = _vit_body(vit)
+    width = getattr(body, "embed_dim", None) or getattr(body, "num_features", None)
     _block(vit, layer)
     if width is not None and sae.d_in != width:
         raise ValueError(f"the SAE reads d_in={sae.d_in} values per token, but vit.blocks.{layer} outputs {width}")
@@ -778,8 +806,8 @@ def feature_table(vit: nn.Module, layer: int, sae: SparseAutoencoder, images: to
 @dataclass
 class SelectedFeature:
     feature: int  # index into the SAE's features
-    concept: str  # the concept it is most selective for
-    selectivity: float  # share of its activation mass on images with that concept
+    concept: str  # the concept it is most selective for (None at paper scale: no labels)
+    selectivity: float  # share of its activation mass on images with that concept (None at paper scale)
     firing_rate: float  # share of images on which it is active
 
 
@@ -908,14 +936,10 @@ def realism_summary(run: "FeatureRun") -> str:
 
 
 def resolve_profile(profile: str) -> str:
-    """Check a profile name; ``"paper"`` (CLIP ViT + Prisma SAE + latent DiT) is not part of this chapter yet."""
-    if profile == "paper":
-        raise ValueError(
-            "profile 'paper' arrives with the paper-scale issue (a CLIP ViT with a Prisma SAE, whose weights "
-            "load_sae reads; thesis feature #6547). Use profile 'cpu' or 'smoke'."
-        )
-    if profile not in PROFILES:
-        raise _bad("profile", profile, f"one of {PROFILES}")
+    """Check a profile name: ``"cpu"``/``"smoke"`` (the digits world) or ``"paper"`` (a timm ViT with an
+    SAE from a local folder and the latent DiT; :func:`load_world`)."""
+    if profile != "paper" and profile not in PROFILES:
+        raise _bad("profile", profile, f"one of {PROFILES + ('paper',)}")
     return profile
 
 
@@ -934,14 +958,14 @@ class FeatureRun:
     selectivity: float
     firing_rate: float
     objective: str  # "feature" (the feature's activation) or "code" (the full SAE code)
-    query: torch.Tensor  # (1, 1, H, W) the top-activating training image x*
+    query: torch.Tensor  # (1, C, H, W) the top-activating training image x* (paper: query image)
     query_index: int
-    top_images: torch.Tensor  # (n_top, 1, H, W) the top-activating training images (x* first)
+    top_images: torch.Tensor  # (n_top, C, H, W) the top-activating training (paper: query) images, x* first
     top_values: torch.Tensor  # (n_top,) their activations
-    top_predicted: torch.Tensor  # (n_top,) the classifier's labels of them
+    top_predicted: torch.Tensor  # (n_top,) the classifier's labels of them (None at paper scale: no judge)
     result: object  # InvariantResult
-    predicted: torch.Tensor  # (n_samples,) the classifier's label of each sample
-    confidence: torch.Tensor  # (n_samples,) the classifier's probability for that label
+    predicted: torch.Tensor  # (n_samples,) the classifier's label of each sample (None at paper scale)
+    confidence: torch.Tensor  # (n_samples,) the classifier's probability for that label (None at paper scale)
     sample_values: torch.Tensor  # (n_samples,) the feature's activation on each sample
     metrics: dict = field(default_factory=dict)
 
@@ -1067,3 +1091,467 @@ def run_feature(vit, layer: int, sae: SparseAutoencoder, classifier, ddpm, table
     }
     return FeatureRun(feature, concept, sel, float(table.firing_rate[feature]), objective, query, qi,
                       table.images[top_idx], top_vals, top_pred, result, predicted, conf, sample_values, metrics)
+
+
+# --------------------------------------------------------------------------------------------
+# One notebook, two worlds: the digits (cpu, smoke) and a CLIP ViT + SAE + latent DiT (paper)
+# --------------------------------------------------------------------------------------------
+
+# Why a figure of the digits world is null at paper scale (metrics.json: <field> null, <field>_reason).
+_NO_LABELS = ("the query images carry no concept labels at paper scale (the digits world measures selectivity "
+              "for digit classes and stroke shapes of labelled training images)")
+_NO_JUDGE = ("no judge classifier at paper scale (the digits world labels samples and real images with a "
+             "separate digits classifier; the paper world loads none)")
+_NO_VIT_LABELS = "the ViT's head does not name concepts (a CLIP ViT's head is an image embedding)"
+_PAPER_REASONS = {
+    "concept": _NO_LABELS, "selectivity": _NO_LABELS, "query_label": _NO_JUDGE,
+    "sample_label_histogram": _NO_JUDGE, "real_label_histogram": _NO_JUDGE,
+    "real_true_label_histogram": "the query images carry no labels",
+    "sample_label_histogram_converged": _NO_JUDGE, "confidence_threshold": _NO_JUDGE,
+    "sample_label_histogram_confident": _NO_JUDGE, "sample_confident_rate": _NO_JUDGE,
+    "real_confident_rate": _NO_JUDGE, "start_confident_rate": _NO_JUDGE,
+    "sample_vit_label_histogram": _NO_VIT_LABELS, "sample_vit_concept_rate": _NO_VIT_LABELS,
+    "sample_concept_rate": _NO_LABELS, "real_concept_rate": _NO_LABELS,
+    "sample_classes": _NO_JUDGE, "real_classes": _NO_JUDGE,
+    "steps": "no sample reached τ within the step budget",
+    "vit_test_accuracy": "the paper world has no labelled test set for the ViT",
+    "classifier": _NO_JUDGE,
+}
+
+
+def _with_reasons(d: dict) -> dict:
+    """``d`` plus ``<field>_reason`` for every field that is None and has no reason yet."""
+    out = dict(d)
+    for k, v in d.items():
+        if v is None and f"{k}_reason" not in d and k in _PAPER_REASONS:
+            out[f"{k}_reason"] = _PAPER_REASONS[k]
+    return out
+
+
+@dataclass
+class PaperSAEInputs:
+    """What the chapter's paper profile starts from: the prior, the ViT, its SAE and the user's images."""
+
+    models: object  # equidiff.paper.PaperModels: prior, config, device (classifier None: no judge here)
+    vit: nn.Module  # equidiff.paper.ImageNetInput around the timm ViT ([-1, 1] images in)
+    sae: SparseAutoencoder
+    layer: int  # the SAE reads the residual stream after vit.blocks[layer]
+    images: torch.Tensor  # (N, 3, S, S) in [-1, 1], S = config.image_size
+    files: list  # N paths
+
+    @property
+    def config(self):
+        return self.models.config
+
+
+def _paper_layer(sae: SparseAutoencoder, cfg, vit: nn.Module) -> int:
+    """The ViT block the SAE reads: ``PaperConfig.sae_layer``, else the SAE config's hook layer."""
+    hook = sae.hook_name
+    if hook is not None and not re.fullmatch(r"blocks\.\d+\.hook_resid_post", str(hook)):
+        raise ValueError(f"sae_path: the SAE reads {hook!r}; this chapter reads the residual stream after a ViT "
+                         "block (blocks.<L>.hook_resid_post, the output of vit.blocks[L])")
+    layer = cfg.sae_layer if cfg.sae_layer is not None else sae.layer
+    if layer is None:
+        raise ValueError("sae_layer: the SAE's config names no hook layer (hook_name / hook_layer); set "
+                         "PaperConfig.sae_layer to the ViT block whose output it reads")
+    check_compatible(sae, vit, layer)
+    return int(layer)
+
+
+def load_paper_sae(paper_config=None, query_images=None, *, batch_size=None, bf16=None, device=None,
+                   ddim_steps=None) -> PaperSAEInputs:
+    """Check the notebook's paper parameters and load, in this order (cheap checks first), the SAE
+    (``PaperConfig.sae_path``, :func:`load_sae`), the ViT (:func:`equidiff.paper.load_vit`), the
+    latent DiT prior and the query images (resized and centre-cropped to ``image_size``). Nothing
+    downloads unless the config's ``allow_download``; a missing model raises
+    :class:`equidiff.paper.ModelNotFoundError` naming it, where it looked and the fetch command."""
+    from .paper import (AutocastPrior, PaperModels, load_latent_prior, load_query_images, load_vit,
+                        paper_parameters, query_image_files, resolve_device)
+
+    cfg = paper_parameters(paper_config, batch_size=batch_size, bf16=bf16, device=device, ddim_steps=ddim_steps)
+    files = query_image_files(query_images)
+    if cfg.sae_path is None:
+        raise ValueError("sae_path: PaperConfig.sae_path must name a folder holding an SAE in the SAELens "
+                         "(cfg.json + sae_weights.safetensors) or Prisma (config.json + one .safetensors) layout, "
+                         "got None")
+    dev = resolve_device(cfg.device)
+    try:
+        sae = load_sae(cfg.sae_path, device=dev)
+    except (FileNotFoundError, ValueError) as err:
+        raise type(err)(f"sae_path: {err}") from None
+    vit = load_vit(cfg.vit_model, cfg.vit_path, cache_dir=cfg.cache_dir, allow_download=cfg.allow_download,
+                   input_size=cfg.vit_input_size, model_kwargs=cfg.vit_kwargs, device=dev)
+    layer = _paper_layer(sae, cfg, vit)
+    prior = load_latent_prior(cfg.dit_model, cfg.dit_path, cache_dir=cfg.cache_dir, allow_download=cfg.allow_download,
+                              num_steps=cfg.ddim_steps, checkpointing=cfg.checkpointing, clamp=cfg.clamp, device=dev)
+    if cfg.bf16:
+        prior = AutocastPrior(prior)
+    images, files = load_query_images(files, size=cfg.image_size)
+    return PaperSAEInputs(PaperModels(prior, None, cfg, dev, sae=sae), vit, sae, layer, images, files)
+
+
+@torch.no_grad()
+def _image_codes(vit: nn.Module, layer: int, sae: SparseAutoencoder, images: torch.Tensor, reduce: str,
+                 batch: int, device) -> torch.Tensor:
+    """Image-level SAE codes (N, d_sae) of RGB images in [-1, 1] (exact activations), on CPU."""
+    out = []
+    for i in range(0, len(images), batch):
+        out.append(_reduce(encode_images(vit, layer, sae, images[i: i + batch].to(device)), reduce).float().cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def _image_tokens(vit: nn.Module, layer: int, images: torch.Tensor, batch: int, device) -> tuple[torch.Tensor, int]:
+    """Residual-stream tokens after ``blocks[layer]`` of every image, (N·T, d_in) on CPU, and T."""
+    out = [_run_to_block(vit, layer, images[i: i + batch].to(device)).float().cpu()
+           for i in range(0, len(images), batch)]
+    t = torch.cat(out)  # (N, T, d_in)
+    return t.reshape(-1, t.shape[-1]), int(t.shape[1])
+
+
+def choose_paper_features(activations: torch.Tensor, features="auto", k: int = 3, min_rate: float = 0.05,
+                          max_rate: float = 0.5, configured: Sequence[int] = ()) -> list[SelectedFeature]:
+    """Features at paper scale, where there are no concept labels: a list of indices as given, or
+    ``"auto"``: ``configured`` (``PaperConfig.sae_features``) when non-empty, else the ``k`` features
+    with the highest mean activation over the query images among those active on a share of them in
+    [``min_rate``, ``max_rate``] (sparse features, as the digits world's firing-rate window).
+    ``activations``: (N, d_sae) image-level activations of the query images. Concept and selectivity
+    are None (no labels)."""
+    n, d = activations.shape
+    rate = (activations > 0).float().mean(0)  # (d_sae,) share of query images on which each feature fires
+    if isinstance(features, str) and features == "auto" and configured:
+        if not all(_is_index(f) and f < d for f in configured):
+            raise _bad("sae_features", tuple(configured), f"feature indices in [0, {d - 1}] (features of the SAE)")
+        features = list(configured)
+    if isinstance(features, str) and features == "auto":
+        if not _is_int(k) or k < 1:
+            raise _bad("k", k, "an integer ≥ 1")
+        if not _is_num(min_rate) or not _is_num(max_rate) or not (0 <= min_rate < max_rate <= 1):
+            raise _bad("min_rate, max_rate", (min_rate, max_rate), "numbers with 0 ≤ min_rate < max_rate ≤ 1")
+        ok = (rate >= min_rate) & (rate <= max_rate) & (activations.amax(0) > 0)
+        if not bool(ok.any()):
+            raise ValueError(f"no SAE feature is active on a share of the {n} query images in [{min_rate}, {max_rate}] "
+                             "(min_rate, max_rate); widen the range or give features as a list")
+        score = torch.where(ok, activations.mean(0), torch.tensor(float("-inf")))
+        order = torch.argsort(score, descending=True, stable=True)[: min(k, int(ok.sum()))]
+        features = [int(f) for f in order]
+    if not isinstance(features, (list, tuple)) or not features or not all(_is_index(f) and f < d for f in features):
+        raise _bad("features", features, f"'auto' or a non-empty list of feature indices in [0, {d - 1}]")
+    return [SelectedFeature(int(f), None, None, float(rate[int(f)])) for f in features]
+
+
+def run_paper_feature(inputs: PaperSAEInputs, activations: torch.Tensor, selected: SelectedFeature, *,
+                      objective: str = "feature", reduce: str = "cls", surrogate_gradient: bool = True,
+                      n_samples: int = 32, steps: int = 512, ddim_steps: Optional[int] = None, tau: float = 0.01,
+                      lr: float = 0.8, optimizer: str = "newton", lowpass_cutoff: Optional[float] = None,
+                      n_top: int = 32, seed: int = 0) -> FeatureRun:
+    """Thesis Section 4.3 / Figure 4.3 for one SAE feature at paper scale, with :func:`run_feature`'s
+    metric names. The query x* is the user's image on which the feature is largest (``activations``:
+    (N, d_sae) of the query images); the objective reads the SAE on the ViT's ``blocks[layer]``
+    (bf16 autocast when configured); samples come from the latent DiT in batches of
+    ``PaperConfig.batch_size``. Figures that need labels or a judge classifier are None with
+    ``<field>_reason``; ``fid`` is the Inception FID against ``fid_reference`` (or the query images),
+    None with ``fid_reason`` when Inception's weights are missing. ``ddim_steps`` must match the prior's."""
+    from .invariants import InvariantConfig
+    from .metrics import l1_l2
+    from .paper import autocast_objective, fid_against_reference
+
+    models, cfg = inputs.models, inputs.config
+    if objective not in ("feature", "code"):
+        raise _bad("objective", objective, "'feature' (the feature's activation) or 'code' (the full SAE code)")
+    if not _is_int(n_samples) or n_samples < 1:
+        raise _bad("n_samples", n_samples, "an integer ≥ 1")
+    if ddim_steps is not None and ddim_steps != cfg.ddim_steps:
+        raise _bad("ddim_steps", ddim_steps, f"the prior's T ({cfg.ddim_steps}): pass it to load_world")
+    _check_reduce(reduce)
+    feature = _features_list(selected.feature, inputs.sae.d_sae)[0]
+    # Step 1: the query and the user's images that activate the feature most.
+    top_vals, top_idx = torch.topk(activations[:, feature], min(n_top, len(activations)))
+    qi = int(top_idx[0])
+    query = inputs.images[qi: qi + 1]  # (1, 3, S, S)
+    # Step 2: the objective.
+    name = cfg.vit_model
+    if objective == "feature":
+        obj = sae_feature(inputs.vit, inputs.layer, inputs.sae, feature, reduce, name, surrogate_gradient)
+    else:
+        obj = sae_code(inputs.vit, inputs.layer, inputs.sae, reduce, name, surrogate_gradient)
+    if cfg.bf16:
+        obj = autocast_objective(obj)
+    # Step 3: EquiDiff (Algorithm 1) through the latent DiT.
+    icfg = InvariantConfig(n_samples=n_samples, steps=steps, tau=tau, optimizer=optimizer, lr=lr, seed=seed,
+                           lowpass_cutoff=lowpass_cutoff)
+    result = models.find_invariants(obj, query, icfg)
+    # Step 4: metrics, with the names of run_feature's.
+    _, l2 = l1_l2(result.measurements.float().cpu(), result.target.float().cpu())  # (N,)
+    x = result.x.detach().clamp(-1, 1).float()
+    single = sae_feature(inputs.vit, inputs.layer, inputs.sae, feature, reduce, surrogate_gradient=False)
+    with torch.no_grad():
+        sample_values = torch.cat([single(x[i: i + cfg.batch_size].to(models.device))[:, 0].float().cpu()
+                                   for i in range(0, len(x), cfg.batch_size)])
+    fid = fid_against_reference(models, x.cpu(), inputs.images, f"FID, SAE feature #{feature}")
+    done = result.steps_to_converge[result.converged].float()
+    target = result.target.float().cpu()
+    metrics = {
+        "feature": feature, "concept": None, "selectivity": None, "firing_rate": selected.firing_rate,
+        "objective": objective, "reduce": reduce, "m": int(target.numel()), "query_index": qi, "query_label": None,
+        "target_activation": float(top_vals[0]), "n_samples": n_samples,
+        "l2_mean": float(l2.mean()), "l2_std": float(l2.std()) if n_samples > 1 else 0.0,
+        "l2_median": float(l2.median()), "l2_max": float(l2.max()),
+        "l2_relative": float(l2.mean() / (target**2).sum().clamp(min=1e-12)),
+        "success_rate": result.success_rate, "steps": float(done.median()) if done.numel() else None,
+        "seconds": result.seconds,
+        **{k: None for k in ("sample_label_histogram", "real_label_histogram", "real_true_label_histogram",
+                             "sample_label_histogram_converged", "confidence_threshold",
+                             "sample_label_histogram_confident", "sample_confident_rate", "real_confident_rate",
+                             "start_confident_rate", "sample_vit_label_histogram", "sample_vit_concept_rate")},
+        "n_top": int(len(top_idx)), "sample_concept_rate": None, "real_concept_rate": None,
+        "sample_classes": None, "real_classes": None,
+        "sample_activation_mean": float(sample_values.mean()),
+        # paper only: where the numbers come from
+        "query_file": str(inputs.files[qi]),
+        "firing_rate_images": f"the {len(activations)} query images",
+        "fid": fid.value, "fid_reason": fid.reason, "fid_features": fid.features, "fid_note": fid.note,
+        "fid_n_reference": fid.n_reference,
+    }
+    return FeatureRun(feature, None, None, selected.firing_rate, objective, query, qi, inputs.images[top_idx],
+                      top_vals, None, result, None, None, sample_values, _with_reasons(metrics))
+
+
+def _paper_feature_figure(runs: Sequence[FeatureRun], n_real: int = 8, cols: int = 8):
+    """Figure 4.3 at paper scale: per feature, the top-activating query images (left) and the invariant
+    samples with their loss (right; red frame: above τ). No labels: there is no judge classifier."""
+    from .plots import _frame_red, _img, _plt
+
+    plt = _plt()
+    real_cols = 4
+    heights = [max(int(np.ceil(len(r.result.x) / cols)), int(np.ceil(min(n_real, len(r.top_images)) / real_cols)))
+               for r in runs]
+    fig = plt.figure(figsize=(1.05 * (cols + real_cols) + 0.6, 1.3 * sum(heights) + 0.75 * len(runs)),
+                     constrained_layout=True)
+    sub = fig.subfigures(len(runs), 1, height_ratios=[h + 0.6 for h in heights], squeeze=False)[:, 0]
+    for sf, run, h in zip(sub, runs, heights):
+        left, right = sf.subfigures(1, 2, width_ratios=[real_cols, cols + 0.6])
+        res, k = run.result, min(n_real, len(run.top_images))
+        gl, gr = left.add_gridspec(h, real_cols), right.add_gridspec(h, cols)
+        for i in range(k):
+            _img(left.add_subplot(gl[i // real_cols, i % real_cols]), run.top_images[i],
+                 f"{float(run.top_values[i]):.2f}", fontsize=6.5)
+        left.suptitle(f"real: top {k} query images", fontsize=9)
+        for i in range(len(res.x)):
+            ax = right.add_subplot(gr[i // cols, i % cols])
+            _img(ax, res.x[i].clamp(-1, 1), f"{float(res.loss[i]):.0e}", fontsize=6.5)  # unclamped in the loop
+            if not bool(res.converged[i]):
+                _frame_red(ax)
+        what = "its activation" if run.objective == "feature" else "the full SAE code"
+        right.suptitle(f"feature #{run.feature} (target {run.metrics['target_activation']:.2f}): {len(res.x)} "
+                       f"invariant samples of {what}, {int(res.converged.sum())} below τ = {res.config.tau:g}",
+                       fontsize=9)
+    return fig
+
+
+class SAEWorld:
+    """The chapter's models and images behind one interface, so the notebook runs the same cells in
+    every profile. ``"cpu"``/``"smoke"``: the digits ViT, its SAE (trained here and cached), the digits
+    classifier as judge and the digits DDPM — exactly the calls the chapter always made; ``"paper"``:
+    a timm ViT, an SAE from ``PaperConfig.sae_path``, the latent DiT and the user's query images
+    (:func:`load_paper_sae`), with no concept labels and no judge: those figures are None with a reason."""
+
+    def __init__(self, profile: str, *, vit=None, classifier=None, ddpm=None, trained=None, presets=None,
+                 paper: Optional[PaperSAEInputs] = None):
+        self.profile, self.vit, self.classifier, self.ddpm, self.trained = profile, vit, classifier, ddpm, trained
+        self.presets = presets or {}  # cpu: the zoo preset names of the ViT, classifier and DDPM
+        self.paper = paper
+        self.table = None  # cpu: the FeatureTable over the training digits (after choose)
+        self.activations = None  # paper: (N, d_sae) image-level activations of the query images (after choose)
+
+    @property
+    def is_paper(self) -> bool:
+        return self.paper is not None
+
+    @property
+    def sae(self) -> SparseAutoencoder:
+        return self.paper.sae if self.is_paper else self.trained.sae
+
+    @property
+    def layer(self) -> int:
+        return self.paper.layer if self.is_paper else self.trained.config.layer
+
+    @property
+    def expansion(self):
+        """d_sae / d_in (an int when it divides, as SAELens' and Prisma's expansion factor)."""
+        if not self.is_paper:
+            return self.trained.config.expansion
+        d_sae, d_in = self.sae.d_sae, self.sae.d_in
+        return d_sae // d_in if d_sae % d_in == 0 else d_sae / d_in
+
+    def quality_report(self) -> dict:
+        """cpu: :func:`quality_report` on the digits; paper: the same figures on the query images' tokens."""
+        if not self.is_paper:
+            return quality_report(self.vit.model, self.layer, self.sae)
+        p = self.paper
+        tokens, per_image = _image_tokens(p.vit, p.layer, p.images, p.config.batch_size, p.models.device)
+        q = evaluate_sae(self.sae, tokens.to(p.models.device))
+        return {"variance_explained": q["variance_explained"], "l0": q["l0"], "dead_fraction": q["dead_fraction"],
+                "tokens_per_image": per_image, "n_test_tokens": q["n_tokens"], "d_in": self.sae.d_in,
+                "d_sae": self.sae.d_sae, "kind": self.sae.kind, "k": self.sae.k, "layer": self.layer,
+                "evaluated_on": f"every token of the {len(p.images)} query images (the digits world: held-out test "
+                                "digits); dead_fraction counts features silent on these tokens only"}
+
+    def summary(self, quality: dict) -> str:
+        """The chapter's two lines about the models and the SAE's quality."""
+        q, s = quality, self.sae
+        if not self.is_paper:
+            vit, clf = self.presets["vit"], self.presets["classifier"]
+            head = (f"ViT {vit}: test accuracy {self.vit.info['test_accuracy']:.3f}; classifier {clf}: "
+                    f"{self.classifier.info['test_accuracy']:.3f}")
+        else:
+            c = self.paper.config
+            head = (f"ViT {c.vit_model}; SAE {c.sae_path} ({s.hook_name or f'blocks.{self.layer}'}, trained on "
+                    f"{s.model_name or 'an unnamed model'}); prior {c.dit_model}; {len(self.paper.images)} query images")
+        return head + (f"\nSAE ({s.kind}, d_sae = {s.d_sae}, block {self.layer}): variance explained "
+                       f"{q['variance_explained']:.3f}, L0 {q['l0']:.1f} of {s.d_sae}, dead {q['dead_fraction']:.3f}")
+
+    def choose(self, features="auto", concept_set: str = "digits", k: int = 2, min_rate: float = 0.02,
+               max_rate: float = 0.5, readout: str = "cls") -> list[SelectedFeature]:
+        """cpu: :func:`feature_table` over the training digits, then :func:`choose_features`; paper: the
+        query images' activations, then :func:`choose_paper_features` (``concept_set`` is the digits')."""
+        if not self.is_paper:
+            from .zoo import load_digits16
+
+            train_x, train_y = load_digits16("train")
+            self.table = feature_table(self.vit.model, self.layer, self.sae, train_x, train_y, reduce=readout)
+            return choose_features(self.table, features, concept_set, k=k, min_rate=min_rate, max_rate=max_rate)
+        if readout == "tokens" or readout not in REDUCTIONS:
+            raise _bad("readout", readout, "'mean', 'max' or 'cls' (one value per image and feature)")
+        p = self.paper
+        self.activations = _image_codes(p.vit, p.layer, p.sae, p.images, readout, p.config.batch_size, p.models.device)
+        return choose_paper_features(self.activations, features, k, min_rate, max_rate, p.config.sae_features)
+
+    def features_html(self, chosen: Sequence[SelectedFeature]) -> str:
+        if not self.is_paper:
+            return features_html(self.table, chosen)
+        from .neurons import html_table
+
+        rows = []
+        for s in chosen:
+            a = self.activations[:, s.feature]
+            i = int(a.argmax())
+            rows.append((f"#{s.feature}", f"{float(a.mean()):.3f}", f"{s.firing_rate:.3f}", f"{float(a[i]):.3f}",
+                         Path(self.paper.files[i]).name))
+        n = len(self.activations)
+        note = (f"mean activation and firing rate (share of images on which the feature is active) over the {n} "
+                "query images; no concept or selectivity: the query images carry no labels.")
+        return html_table(("Feature", "mean activation", "firing rate", "top activation", "top image"), rows, note)
+
+    def top_images_figure(self, chosen: Sequence[SelectedFeature], n: int = 8):
+        from . import plots
+
+        if not self.is_paper:
+            return plots.sae_top_images(top_image_rows(self.table, chosen, n=n))
+        rows = []
+        for s in chosen:
+            vals, idx = torch.topk(self.activations[:, s.feature], min(n, len(self.activations)))
+            rows.append({"feature": s.feature, "firing_rate": s.firing_rate, "images": self.paper.images[idx],
+                         "values": vals, "indices": idx})
+        return plots.sae_top_images(rows, cols=n)
+
+    def run(self, selected: SelectedFeature, **kwargs) -> FeatureRun:
+        """:func:`run_feature` (cpu, smoke) or :func:`run_paper_feature` (paper) for one chosen feature."""
+        if self.table is None and self.activations is None:
+            raise RuntimeError("choose the features first (SAEWorld.choose), which measures them on the images")
+        if not self.is_paper:
+            return run_feature(self.vit, self.layer, self.sae, self.classifier, self.ddpm, self.table,
+                               selected.feature, concept=selected.concept, **kwargs)
+        return run_paper_feature(self.paper, self.activations, selected, **kwargs)
+
+    def run_line(self, run: FeatureRun) -> str:
+        m = run.metrics
+        what = f" ({run.concept})" if run.concept is not None else ""
+        return (f"#{run.feature}{what}: {m['success_rate']:.2f} below τ, L2 {m['l2_mean']:.2g} ± {m['l2_std']:.2g} "
+                f"(target f(x*) = {m['target_activation']:.3g}), {m['seconds']:.0f} s")
+
+    def runs_html(self, runs: Sequence[FeatureRun], tau: float) -> str:
+        if not self.is_paper:
+            return runs_html(runs, tau)
+        from .neurons import html_table
+
+        f = lambda v, spec: "–" if v is None else format(v, spec)  # noqa: E731
+        rows = [(f"#{r.feature}", f"{r.metrics['target_activation']:.3g}",
+                 f"{r.metrics['l2_mean']:.2g} ± {r.metrics['l2_std']:.2g}", f"{r.metrics['l2_relative']:.2g}",
+                 f"{r.metrics['success_rate']:.2f}", f"{r.metrics['sample_activation_mean']:.3g}",
+                 f(r.metrics["fid"], ".1f")) for r in runs]
+        reasons = sorted({r.metrics["fid_reason"] for r in runs if r.metrics.get("fid_reason")})
+        note = (f"L2 = Σ(L(x) − L(x*))² per sample (the Algorithm 1 loss), mean ± standard deviation; relative: mean "
+                f"L2 / Σ L(x*)²; τ = {tau:g}. FID in Inception-v3 pool features against the query images (or "
+                "PaperConfig.fid_reference). No concept rates: there are no labels and no judge classifier at paper "
+                "scale." + (" FID not computed: " + " ".join(reasons) if reasons else ""))
+        return html_table(("Feature", "target f(x*)", "L2", "L2 relative", "below τ", "sample activation (mean)",
+                           "FID"), rows, note)
+
+    def feature_figure(self, runs: Sequence[FeatureRun]):
+        from . import plots
+
+        return _paper_feature_figure(runs) if self.is_paper else plots.sae_feature_figure(runs)
+
+    def label_histograms(self, runs: Sequence[FeatureRun]):
+        """cpu: :func:`equidiff.plots.sae_label_histograms`; paper: None (no labels; :meth:`label_lines` says why)."""
+        from . import plots
+
+        return None if self.is_paper else plots.sae_label_histograms(runs)
+
+    def label_lines(self, runs: Sequence[FeatureRun]) -> str:
+        if self.is_paper:
+            return f"no label histograms at paper scale: {_NO_JUDGE}."
+        return "\n".join(f"#{r.feature} ({r.concept}): real top {r.metrics['n_top']} "
+                         f"{r.metrics['real_label_histogram']}, samples {r.metrics['sample_label_histogram']}"
+                         for r in runs)
+
+    def realism_lines(self, runs: Sequence[FeatureRun]) -> str:
+        if not self.is_paper:
+            return "\n".join(realism_summary(r) for r in runs)
+        return "\n".join(f"#{r.feature}: the samples' activation {r.metrics['sample_activation_mean']:.3g} (mean) "
+                         f"against the query's {r.metrics['target_activation']:.3g}; {_NO_JUDGE}" for r in runs)
+
+    def models_summary(self) -> dict:
+        if not self.is_paper:
+            return {"vit": self.presets["vit"], "vit_test_accuracy": self.vit.info["test_accuracy"],
+                    "classifier": self.presets["classifier"], "ddpm": self.presets["ddpm"],
+                    "sae_folder": self.trained.path.name}
+        c = self.paper.config
+        return _with_reasons({"vit": c.vit_model, "vit_test_accuracy": None, "classifier": None, "ddpm": c.dit_model,
+                              "sae_folder": Path(c.sae_path).name, "sae_path": c.sae_path,
+                              "sae_hook_name": self.sae.hook_name, "sae_model_name": self.sae.model_name})
+
+    def paper_metrics(self) -> dict:
+        """Extra metrics.json fields of the paper profile (the config, the device, the query files); {} otherwise."""
+        if not self.is_paper:
+            return {}
+        return {"paper_config": self.paper.config.to_dict(), "device": str(self.paper.models.device),
+                "query_images": [str(f) for f in self.paper.files]}
+
+
+def load_world(profile: str = "cpu", *, vit_preset: str = "digits-vit", classifier_preset: str = "digits-classifier",
+               ddpm_preset: str = "digits-ddpm", layer: int = 2, sae_kind: str = "relu", expansion: int = 4,
+               sae_steps: int = 3000, seed: int = 0, paper_config=None, query_images=None, batch_size=None,
+               bf16=None, device=None, ddim_steps=None) -> SAEWorld:
+    """The chapter's world for ``profile``. cpu/smoke: the zoo presets and the SAE trained (or read from
+    the cache) for ``layer``, ``sae_kind``, ``expansion``, ``sae_steps`` and ``seed``; the paper
+    parameters must stay None. paper: :func:`load_paper_sae` (the SAE's layer, kind and width come from
+    its folder; the digits parameters are not used; ``ddim_steps``: the latent chain's T)."""
+    resolve_profile(profile)
+    if profile != "paper":
+        from .paper import reject_paper_parameters
+        from .zoo import get_model
+
+        reject_paper_parameters(profile, paper_config=paper_config, query_images=query_images,
+                                batch_size=batch_size, bf16=bf16, device=device)
+        vit = get_model(vit_preset, progress=False)
+        clf = get_model(classifier_preset, progress=False)
+        ddpm = get_model(ddpm_preset, progress=False)
+        trained = get_sae(SAETrainConfig(vit=vit_preset, layer=layer, kind=sae_kind, expansion=expansion,
+                                         train_steps=sae_steps, seed=seed), progress=False)
+        return SAEWorld(profile, vit=vit, classifier=clf, ddpm=ddpm, trained=trained,
+                        presets={"vit": vit_preset, "classifier": classifier_preset, "ddpm": ddpm_preset})
+    inputs = load_paper_sae(paper_config, query_images, batch_size=batch_size, bf16=bf16, device=device,
+                            ddim_steps=ddim_steps)
+    return SAEWorld(profile, paper=inputs)

@@ -121,9 +121,8 @@ def test_html_table_escapes():
 def test_profiles():
     assert neurons.resolve_profile("cpu")["n_samples"] == 32
     assert neurons.resolve_profile("smoke")["n_samples"] < 32
-    with pytest.raises(ValueError, match="paper-scale issue.*1656.*1052.*421"):
-        neurons.resolve_profile("paper")
-    with pytest.raises(ValueError, match=r"profile must be one of \('cpu', 'smoke'\), got 'gpu'"):
+    assert neurons.resolve_profile("paper") == neurons.PAPER_PROFILE
+    with pytest.raises(ValueError, match=r"profile must be one of \('cpu', 'smoke', 'paper'\), got 'gpu'"):
         neurons.resolve_profile("gpu")
 
 
@@ -169,5 +168,5 @@ def test_run_neuron_protocol(tiny):
         neurons.run_neuron(clf, ddpm, 0, table, real, n_samples=1)
     with pytest.raises(ValueError, match="channel must be an integer in"):
         neurons.run_neuron(clf, ddpm, 10_000, table, real, n_samples=2)
-    with pytest.raises(ValueError, match="profile 'paper' arrives with the paper-scale issue"):
+    with pytest.raises(ValueError, match="run_neuron runs the digits world; profile 'paper' runs through"):
         neurons.run_neuron(clf, ddpm, 0, table, real, profile="paper")

@@ -41,10 +41,9 @@ def test_resolvers_and_their_errors():
         O.resolve_methods(["pixel", "pixel"])
     with pytest.raises(ValueError, match=r"methods must be 'all' or a list .*got \['adam'\]"):
         O.resolve_methods(["adam"])
-    with pytest.raises(ValueError, match=r"profile must be one of \('cpu', 'smoke'\), got 'gpu'"):
+    with pytest.raises(ValueError, match=r"profile must be one of \('cpu', 'smoke', 'paper'\), got 'gpu'"):
         O.resolve_profile("gpu")
-    with pytest.raises(ValueError, match=r"profile 'paper' .* is not implemented"):
-        O.resolve_profile("paper")
+    assert O.resolve_profile("paper") == O.PAPER_PROFILE
 
 
 def test_query_and_objectives(tiny):

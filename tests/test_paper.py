@@ -176,6 +176,31 @@ def test_weights_for_another_architecture_are_refused(tiny):
         paper.load_classifier(path=folder / "resnet50.safetensors", model_kwargs={"num_classes": 10})
 
 
+def test_vit_loads_from_file_and_hf_cache(tiny, tmp_path):
+    folder, cfg = tiny
+    vit = paper.load_vit(path=folder / "vit.safetensors", model_kwargs=paper.TINY_VIT_KWARGS, input_size=32)
+    assert isinstance(vit, paper.ImageNetInput) and vit.input_size == 32 and len(vit.model.blocks) == 2
+    assert torch.allclose(vit.mean.flatten(), torch.tensor([0.48145466, 0.4578275, 0.40821073]))  # CLIP's, from timm
+    assert not any(p.requires_grad for p in vit.parameters())
+    cache = tmp_path / "hub"
+    _fake_hub_cache(cache, "timm/" + paper.VIT_MODEL, {"model.safetensors": folder / "vit.safetensors"})
+    cached = paper.load_vit(cache_dir=cache, model_kwargs=paper.TINY_VIT_KWARGS, input_size=32)
+    for a, b in zip(vit.parameters(), cached.parameters()):
+        assert torch.equal(a, b)
+    x = torch.rand(2, 3, 16, 16) * 2 - 1  # the prior's [-1, 1] images, resized to 32 and CLIP-normalised
+    assert torch.allclose(vit(x), vit.model(vit.preprocess(x)))
+    with pytest.raises(ValueError, match="vit_model must be a timm VisionTransformer"):
+        paper.load_vit("resnet50.a1_in1k", folder / "resnet50.safetensors", model_kwargs=paper.TINY_CLASSIFIER_KWARGS)
+
+
+def test_missing_vit_names_model_places_and_command(tmp_path):
+    with pytest.raises(paper.ModelNotFoundError) as err:
+        paper.load_vit(cache_dir=tmp_path)
+    msg = str(err.value)
+    assert "'vit_base_patch32_clip_224.datacompxl'" in msg and str(tmp_path) in msg
+    assert f"hf download timm/vit_base_patch32_clip_224.datacompxl model.safetensors --cache-dir {tmp_path}" in msg
+
+
 # ---------------------------------------------------------------- normalisation and neurons
 
 
@@ -387,11 +412,19 @@ def test_paper_config_validation():
         ("device", "gpu0", "device must be 'auto', 'cpu'"),
         ("classifier_input_size", 3, "classifier_input_size must be None or an integer ≥ 8"),
         ("dit_model", "", "dit_model must be a non-empty model name"),
+        ("vit_model", " ", "vit_model must be a non-empty model name"),
+        ("vit_input_size", 4, "vit_input_size must be None or an integer ≥ 8"),
+        ("vit_kwargs", None, "vit_kwargs must be a dict of timm.create_model arguments"),
+        ("sae_layer", -1, "sae_layer must be None .* or an integer ≥ 0"),
+        ("sae_features", (3, -1), "sae_features must be a tuple of SAE feature indices ≥ 0"),
+        ("vit_path", 3, "vit_path must be None or a path"),
     ]:
         with pytest.raises(ValueError, match=msg):
             paper.PaperConfig(**{field: value})
     with pytest.raises(ValueError, match=r"unknown PaperConfig field\(s\) \['batchsize'\]"):
         paper.PaperConfig.from_dict({"batchsize": 4})
+    assert cfg.vit_model == paper.VIT_MODEL and cfg.sae_features == () and cfg.sae_layer is None
+    assert paper.PaperConfig.from_dict({"sae_features": [6547]}).sae_features == (6547,)  # JSON lists -> tuples
 
 
 def test_load_paper_models_takes_another_backbone(tiny):
