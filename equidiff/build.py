@@ -32,6 +32,8 @@ PROFILES: dict[str, dict[str, dict]] = {
                    "ddpm_preset": "digits-ddpm-tiny", "layer": 1, "sae_steps": 30, "min_rate": 0.0, "max_rate": 1.0,
                    "n_features": 2, "n_samples": 4, "steps": 3, "ddim_steps": 3},
         "04_classifier": {"n_samples": 4, "steps": 3, "ddim_steps": 3, "profile": "smoke"},
+        "05_applications": {"profile": "smoke", "n_queries": 1, "n_samples": 4, "steps": 3, "ddim_steps": 3,
+                            "k": 2, "neuron": 5, "neuron_samples": 3, "neuron_steps": 2},
     },
 }
 

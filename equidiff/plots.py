@@ -641,20 +641,27 @@ def share_figure(summaries: dict, shortcut_class: int):
     return fig
 
 
-def selection_figure(x, picked: Sequence[int], random_picked: Sequence[int], relevant, judged=None,
-                     title_picked: str = "selected", title_random: str = "random"):
-    """Two rows of k images from one pool: the selected members and a random choice; red frame = relevant."""
+def selection_figure(x, picked: Sequence[int], other: Sequence[int], relevant=None, judged=None,
+                     title_picked: str = "selected", title_other: str = "random"):
+    """Two rows of images from one pool: the selected members and another choice (random, or the
+    members not selected). ``relevant`` (N,) bool, if given: red frame and the share per row.
+    ``judged``: a class shown above each image."""
     plt = _plt()
-    rel = np.asarray(relevant, dtype=bool)
-    k = len(picked)
+    rel = None if relevant is None else np.asarray(relevant, dtype=bool)
+    k = max(len(picked), len(other))
     fig, axes = plt.subplots(2, k, figsize=(k * 0.85 + 0.6, 2.3), constrained_layout=True, squeeze=False)
-    for r, (idx, name) in enumerate([(picked, title_picked), (random_picked, title_random)]):
-        for j, i in enumerate(idx):
+    for r, (idx, name) in enumerate([(list(picked), title_picked), (list(other), title_other)]):
+        for j in range(k):
             ax = axes[r, j]
+            if j >= len(idx):
+                ax.axis("off")
+                continue
+            i = idx[j]
             _img(ax, x[i], None if judged is None else f"'{int(judged[i])}'", fontsize=7)
-            if rel[i]:
+            if rel is not None and rel[i]:
                 _frame_red(ax)
-        axes[r, 0].set_ylabel(f"{name}\n{rel[list(idx)].mean():.0%} red", fontsize=8)
+        share = "" if rel is None or not idx else f"\n{rel[idx].mean():.0%} red"
+        axes[r, 0].set_ylabel(f"{name}{share}", fontsize=8)
     return fig
 
 

@@ -557,18 +557,37 @@ def build_vit(cfg: ViTConfig) -> nn.Module:
 # --------------------------------------------------------------------------------------------
 
 
+def _training_data(data: Optional[tuple]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``data`` checked, or the digits training split when ``data`` is None."""
+    if data is None:
+        return load_digits16("train")
+    if not isinstance(data, (tuple, list)) or len(data) != 2:
+        raise _bad("data", type(data).__name__, "None or a pair (images (N, 1, 16, 16), labels (N,))")
+    images, labels = data
+    if (not isinstance(images, torch.Tensor) or images.dim() != 4
+            or tuple(images.shape[1:]) != (1, IMAGE_SIZE, IMAGE_SIZE)):
+        raise _bad("data", tuple(getattr(images, "shape", ())),
+                   f"images of shape (N, 1, {IMAGE_SIZE}, {IMAGE_SIZE}) as a torch.Tensor")
+    if not isinstance(labels, torch.Tensor) or labels.shape != (images.shape[0],):
+        raise _bad("data", tuple(getattr(labels, "shape", ())), f"labels of shape ({images.shape[0]},)")
+    return images.float(), labels.long()
+
+
 def _progress_bar(total: int, desc: str, enabled: bool):
     from tqdm import tqdm  # text bar: tqdm.auto wants ipywidgets in a notebook and warns without it
 
     return tqdm(total=total, desc=desc, disable=not enabled, mininterval=1.0)
 
 
-def train_ddpm(cfg: DDPMConfig, *, device: Union[str, torch.device] = "cpu", progress: bool = False):
+def train_ddpm(cfg: DDPMConfig, *, device: Union[str, torch.device] = "cpu", progress: bool = False,
+               data: Optional[tuple] = None):
     """Train the digits DDPM deterministically; returns ``(unet, scheduler, info)``.
 
     ε-prediction MSE on the training split (random 1-pixel shifts), AdamW with warm-up and
     cosine decay, gradient clipping, EMA of the weights (the returned weights are the EMA's).
     All randomness comes from ``cfg.seed``: the same config gives the same weights.
+    ``data``: ``(images, labels)`` to train on instead of the digits training split (e.g. the
+    planted-shortcut world of :mod:`equidiff.shortcut`); images ``(N, 1, 16, 16)`` in [-1, 1].
     ``info``: ``train_seconds``, ``final_loss`` (mean of the last 100 steps), ``n_params``.
     """
     if not isinstance(cfg, DDPMConfig):
@@ -576,7 +595,7 @@ def train_ddpm(cfg: DDPMConfig, *, device: Union[str, torch.device] = "cpu", pro
     from diffusers.training_utils import EMAModel
 
     t0 = time.perf_counter()
-    images, _ = load_digits16("train")
+    images, _ = _training_data(data)
     images = images.to(device)  # (N, 1, 16, 16) in [-1, 1]
     scheduler = build_scheduler(cfg)
     gen = torch.Generator().manual_seed(cfg.seed)  # batches, shifts, noise, timesteps
@@ -654,19 +673,22 @@ def _classifier_info(model, t0: float, losses: list) -> dict:
     }
 
 
-def train_classifier(cfg: ClassifierConfig, *, device: Union[str, torch.device] = "cpu", progress: bool = False):
+def train_classifier(cfg: ClassifierConfig, *, device: Union[str, torch.device] = "cpu", progress: bool = False,
+                     data: Optional[tuple] = None):
     """Train the digits classifier deterministically; returns ``(model, info)``.
 
     Cross-entropy on the training split (random shifts of up to ``max_shift`` pixels) plus
     outlier exposure (cross-entropy to the uniform distribution on :func:`synthetic_outliers`,
     weight ``outlier_weight``), AdamW with warm-up and cosine decay. ``info``: ``train_seconds``,
     ``final_loss`` (mean of the last 100 steps, outlier term included: its floor is
-    ``outlier_weight · ln 10``, 1.15 by default), ``n_params``, ``train_accuracy``, ``test_accuracy``.
+    ``outlier_weight · ln 10``, 1.15 by default), ``n_params``, ``train_accuracy``, ``test_accuracy``
+    (both on the plain digits splits). ``data``: ``(images, labels)`` to train on instead of the
+    digits training split, as for :func:`train_ddpm`.
     """
     if not isinstance(cfg, ClassifierConfig):
         raise TypeError(f"cfg must be a ClassifierConfig, got {type(cfg).__name__}")
     t0 = time.perf_counter()
-    images, labels = load_digits16("train")
+    images, labels = _training_data(data)
     images, labels = images.to(device), labels.to(device)
     gen = torch.Generator().manual_seed(cfg.seed)  # batches, shifts
     with _deterministic(cfg.seed):
@@ -756,10 +778,16 @@ def _kind_of(cfg) -> str:
     raise TypeError(f"config must be a DDPMConfig, ClassifierConfig or ViTConfig, got {type(cfg).__name__}")
 
 
-def model_folder(cfg: Union[DDPMConfig, ClassifierConfig], name: Optional[str] = None, cache_dir=None) -> Path:
-    """``<cache root>/<name>-<hash>/`` for ``cfg`` (hash of the config JSON and :data:`CODE_VERSION`)."""
+def model_folder(cfg: Union[DDPMConfig, ClassifierConfig], name: Optional[str] = None, cache_dir=None,
+                 data_key: Optional[dict] = None) -> Path:
+    """``<cache root>/<name>-<hash>/`` for ``cfg`` (hash of the config JSON and :data:`CODE_VERSION`).
+
+    ``data_key``: a JSON-able description of non-default training data (see :func:`load_or_train`);
+    it enters the hash, so models trained on different data never share a folder.
+    """
     name = name or f"digits-{_kind_of(cfg)}"
-    return cache.model_dir(name, cfg, CODE_VERSION, cache_dir)
+    key = cfg if data_key is None else {"model": _config_json(cfg), "data": data_key}
+    return cache.model_dir(name, key, CODE_VERSION, cache_dir)
 
 
 def _config_json(cfg) -> dict:
@@ -815,16 +843,25 @@ def load_or_train(
     *,
     train_if_missing: bool = True,
     progress: bool = False,
+    data: Optional[Callable[[], tuple]] = None,
+    data_key: Optional[dict] = None,
 ) -> ZooModel:
     """The model for ``cfg`` from its cache folder, trained (on CPU) and cached first if missing.
 
     ``name``: folder prefix (default ``"digits-ddpm"`` / ``"digits-classifier"``).
     ``cache_dir``: cache root (default ``$EQUIDIFF_CACHE``, else ``data/cache``).
     ``train_if_missing=False`` raises ``FileNotFoundError`` instead of training.
+    ``data``: a function returning ``(images, labels)`` to train on instead of the digits
+    training split (called only when training); ``data_key`` describes that data in the cache
+    hash and is required with it (DDPM and classifier only).
     """
     kind = _kind_of(cfg)
     name = name or f"digits-{kind}"
-    folder = model_folder(cfg, name, cache_dir)
+    if (data is None) != (data_key is None):
+        raise _bad("data_key", data_key, "given exactly when data is given (it names the data in the cache hash)")
+    if data is not None and kind == "vit":
+        raise _bad("data", "a function", "None for a ViT (custom training data: DDPM and classifier only)")
+    folder = model_folder(cfg, name, cache_dir, data_key)
     if (folder / "config.json").exists():
         model, scheduler, info = _load(folder, cfg)
         return ZooModel(name, model, cfg, folder, info, trained_now=False, scheduler=scheduler)
@@ -832,14 +869,17 @@ def load_or_train(
         raise FileNotFoundError(
             f"no cached {name} at {folder}; call with train_if_missing=True to train it"
         )
+    extra = {} if data is None else {"data": data()}
     if kind == "ddpm":
-        model, scheduler, info = train_ddpm(cfg, progress=progress)
+        model, scheduler, info = train_ddpm(cfg, progress=progress, **extra)
     elif kind == "vit":
         model, info = train_vit(cfg, progress=progress)
         scheduler = None
     else:
-        model, info = train_classifier(cfg, progress=progress)
+        model, info = train_classifier(cfg, progress=progress, **extra)
         scheduler = None
+    if data_key is not None:
+        info = {**info, "data": data_key}
     _save(folder, kind, model, scheduler, cfg, info)
     return ZooModel(name, model, cfg, folder, info, trained_now=True, scheduler=scheduler)
 

@@ -104,3 +104,24 @@ def test_classifier_notebook_smoke_metrics(built_book):
     assert set(c["by_mode"]) == {"class_probability", "distribution"}
     for name in ("figure_4_4.png", "figure_4_5.png", "methods.png", "convergence.png"):
         assert (out / name).stat().st_size > 10_000
+
+
+@pytest.mark.book
+def test_applications_notebook_smoke_metrics(built_book):
+    book, _ = built_book
+    out = book / "_generated" / "05_applications"
+    m = json.loads((out / "metrics.json").read_text())
+    assert set(m["shortcut_reliance"]) == {"shortcut", "control", "judge"}
+    for r in m["shortcut_reliance"].values():
+        assert {"clean", "in_distribution", "swapped", "marked_to_shortcut"} <= set(r)
+        assert all(0 <= v <= 1 for v in r.values())
+    d = m["detection"]
+    for name in ("shortcut", "control"):
+        lo, hi = d[f"{name}_interval"]
+        assert 0 <= lo <= d[f"{name}_share"] <= hi <= 1
+        assert d[name]["n_samples"] == 4
+    s = m["selection"]
+    assert 0 <= s["precision_at_k_selected"] <= 1 and 0 <= s["precision_at_k_random"] <= 1 and s["k"] == 2
+    for name in ("world.png", "reliance.png", "samples_shortcut.png", "samples_control.png", "shares.png",
+                 "selection_shortcut.png", "selection_circles.png", "selection_neuron.png"):
+        assert (out / name).stat().st_size > 5_000

@@ -1,0 +1,171 @@
+"""The planted-shortcut world (equidiff.shortcut) and member selection (equidiff.select)."""
+
+import numpy as np
+import pytest
+import torch
+
+from equidiff import select as sel
+from equidiff import shortcut as sc
+from equidiff import zoo
+
+
+def test_world_validation():
+    for kwargs, msg in [
+        ({"shortcut_class": 10}, r"shortcut_class must be an integer digit class in \[0, 9\], got 10"),
+        ({"marker_rate": 1.5}, r"marker_rate must be a probability in \[0, 1\], got 1.5"),
+        ({"other_rate": -0.1}, r"other_rate must be a probability in \[0, 1\], got -0.1"),
+        ({"marker_size": 6}, r"marker_size must be an integer in \[1, 4\]"),
+        ({"seed": True}, r"seed must be an integer ≥ 0, got True"),
+    ]:
+        with pytest.raises(ValueError, match=msg):
+            sc.ShortcutWorld(**kwargs)
+
+
+def test_marker_round_trip_and_real_digits_are_unmarked():
+    x, _ = zoo.load_digits16("all")
+    assert not sc.has_marker(x).any()  # the corner is empty in every real digit
+    marked = sc.add_marker(x[:10], 3, torch.tensor([True, False] * 5))
+    assert sc.has_marker(marked).tolist() == [True, False] * 5
+    assert torch.equal(marked[1], x[1])  # untouched where not asked
+    assert not sc.has_marker(sc.remove_marker(marked)).any()
+    assert torch.equal(sc.remove_marker(marked)[:, :, 3:], x[:10, :, 3:])  # only the corner changes
+    with pytest.raises(ValueError, match=r"images must be a tensor of shape \(N, 1, H, W\)"):
+        sc.has_marker(torch.zeros(3, 16, 16))
+
+
+def test_marked_split_variants():
+    w = sc.ShortcutWorld(shortcut_class=3, marker_rate=0.9, other_rate=0.05)
+    x, y, m = sc.marked_split(w, "train", "shortcut")
+    is_c = y == 3
+    assert torch.equal(sc.has_marker(x), m)
+    assert 0.82 < m[is_c].float().mean() < 0.97 and 0.03 < m[~is_c].float().mean() < 0.07
+    xc, yc, mc = sc.marked_split(w, "train", "control")
+    assert torch.equal(yc, y) and int(mc.sum()) == int(m.sum())  # same images, same number of markers
+    assert abs(float(mc[is_c].float().mean()) - float(mc.float().mean())) < 0.1  # no correlation with the label
+    _, _, mclean = sc.marked_split(w, "test", "clean")
+    assert not mclean.any()
+    _, ys, ms = sc.marked_split(w, "test", "swapped")
+    assert torch.equal(ms, ys != 3)
+    x2, _, m2 = sc.marked_split(w, "train", "shortcut")
+    assert torch.equal(x2, x) and torch.equal(m2, m)  # deterministic
+    with pytest.raises(ValueError, match=r"variant must be one of \('shortcut', 'control', 'clean', 'swapped'\)"):
+        sc.marked_split(w, "train", "mixed")
+
+
+class _MarkerReader(torch.nn.Module):
+    """Says 'shortcut class' when the corner is marked, else class 0: a pure shortcut."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.c = c
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        out = torch.zeros(len(x), 10)
+        out[:, 0] = 1.0
+        out[sc.has_marker(x), self.c] = 5.0
+        return out + self.w
+
+
+def test_reliance_of_a_pure_shortcut():
+    w = sc.ShortcutWorld(shortcut_class=3, marker_rate=1.0, other_rate=0.0)
+    r = sc.reliance(_MarkerReader(3), w)
+    assert r["marked_to_shortcut"] == 1.0 and r["clean_to_shortcut"] == 0.0
+    _, y = zoo.load_digits16("test")
+    assert r["swapped"] == 0.0  # marked non-3s are called 3, unmarked 3s are called 0
+    share = float(((y == 0) | (y == 3)).float().mean())
+    assert r["in_distribution"] == pytest.approx(share, abs=1e-6)  # marked 3s right, unmarked 0s right
+
+
+def test_bootstrap_interval():
+    lo, hi = sc.bootstrap_interval(np.array([1] * 10 + [0] * 30))
+    assert lo < 0.25 < hi and 0.0 <= lo and hi <= 1.0
+    lo2, hi2 = sc.bootstrap_interval(np.array([1] * 100 + [0] * 300))
+    assert hi2 - lo2 < hi - lo  # more members, narrower interval
+    assert sc.bootstrap_interval(np.ones(5)) == (1.0, 1.0)
+
+
+def test_load_or_train_with_custom_data(tmp_path):
+    cfg = zoo.PRESETS["digits-classifier-tiny"]()
+    w = sc.ShortcutWorld(marker_rate=1.0, other_rate=0.0)
+    with pytest.raises(ValueError, match="data_key must be given exactly when data is given"):
+        zoo.load_or_train(cfg, "x", tmp_path, data=lambda: sc.marked_split(w, "train")[:2])
+    a = zoo.load_or_train(cfg, "x", tmp_path, data=lambda: sc.marked_split(w, "train")[:2], data_key=w.key())
+    b = zoo.load_or_train(cfg, "x", tmp_path)  # plain digits: another folder
+    assert a.path != b.path and a.trained_now and b.trained_now
+    again = zoo.load_or_train(cfg, "x", tmp_path, data=lambda: 1 / 0, data_key=w.key())  # cached: data not called
+    assert not again.trained_now and again.path == a.path
+    assert again.info["data"]["marker_rate"] == 1.0
+    with pytest.raises(ValueError, match=r"data must be None or a pair"):
+        zoo.train_classifier(cfg, data=torch.zeros(3))
+
+
+def test_models_queries_and_detection_on_tiny_models(tmp_path):
+    w = sc.ShortcutWorld()
+    models = sc.get_models(w, "smoke", cache_dir=tmp_path, progress=False)
+    assert models.prior.path.name.startswith("shortcut-digits-ddpm-tiny-")
+    assert models.control.path != models.shortcut.path
+    q, idx = sc.marked_queries(models.shortcut, w, 2)
+    assert q.shape == (2, 1, 16, 16) and sc.has_marker(q).all()
+    _, y = zoo.load_digits16("test")
+    assert all(int(y[i]) == 3 for i in idx)
+    with pytest.raises(ValueError, match=r"n_queries must be an integer in \[1, \d+\]"):
+        sc.marked_queries(models.shortcut, w, 0)
+    d = sc.detect(models.shortcut, models, q, name="shortcut", n_samples=3, steps=2, ddim_steps=2)
+    assert d.x.shape == (6, 1, 16, 16) and d.query_of.tolist() == [0, 0, 0, 1, 1, 1]
+    assert torch.equal(d.hits, d.converged & d.marked & (d.judged != 3))
+    s = d.summary()
+    assert s["n_samples"] == 6 and 0 <= s["share"] <= 1 or s["n_members"] == 0
+    from safetensors.torch import load_file
+
+    sc.save_detections({"shortcut": d}, tmp_path / "det.safetensors")
+    back = load_file(str(tmp_path / "det.safetensors"))
+    assert torch.equal(back["shortcut.x"], d.x) and torch.equal(back["shortcut.judged"], d.judged)
+    with pytest.raises(ValueError, match=r"profile must be one of \('cpu', 'smoke'\)"):
+        sc.get_models(w, "gpu")
+
+
+def test_select_members_prefers_novel_and_spread():
+    train = torch.zeros(50, 2) + torch.randn(50, 2, generator=torch.Generator().manual_seed(0)) * 0.1
+    pool = torch.tensor([[0.0, 0.0], [0.1, 0.0], [5.0, 5.0], [-3.0, 0.0], [0.0, 0.1]])
+    s = sel.select_members(pool, train, 2, novelty_weight=0.5)
+    assert s.indices[0] == 2  # farthest from the training data first
+    assert s.indices[1] == 3  # then the one far from it and from the data
+    s0 = sel.select_members(pool, train, 3, novelty_weight=0.0)
+    assert set(s0.indices[:2]) == {2, 3}
+    assert s0.spread[0] == float("inf") and s0.spread[1] >= s0.spread[2]
+    with pytest.raises(ValueError, match=r"k must be an integer in \[1, 5\] \(the pool has 5 members\), got 6"):
+        sel.select_members(pool, train, 6)
+    with pytest.raises(ValueError, match=r"novelty_weight must be a number in \[0, 1\], got 2"):
+        sel.select_members(pool, train, 2, novelty_weight=2)
+
+
+def test_precision_and_random_baseline():
+    rel = np.array([True] * 4 + [False] * 16)
+    assert sel.precision_at_k([0, 1, 5, 6], rel) == 0.5
+    r = sel.random_precision(rel, 4, n_draws=4000)
+    assert r["mean"] == pytest.approx(0.2, abs=0.02) and r["low"] <= 0.2 <= r["high"]
+    # relevant members far from the data: the selection finds them, random does not
+    g = torch.Generator().manual_seed(1)
+    train = torch.randn(100, 4, generator=g)
+    pool = torch.cat([torch.randn(16, 4, generator=g), torch.randn(4, 4, generator=g) + 8.0])
+    relevant = np.array([False] * 16 + [True] * 4)
+    out = sel.evaluate_selection(pool, relevant, train, 4, novelty_weight=0.8)
+    assert out["precision_at_k_selected"] == 1.0 and out["precision_at_k_random"] < 0.4
+    with pytest.raises(ValueError, match=r"relevant must be a bool array of shape \(20,\)"):
+        sel.evaluate_selection(pool, relevant[:5], train, 4)
+
+
+def test_member_pool():
+    idx, note = sel.member_pool([True, False, True, True], 2)
+    assert idx.tolist() == [0, 2, 3] and "3 members" in note
+    idx, note = sel.member_pool([True, False, False], 2)
+    assert idx.tolist() == [0, 1, 2] and "only 1 members" in note
+
+
+def test_verdict():
+    a = {"share": 0.2, "interval": [0.1, 0.3]}
+    b = {"share": 0.02, "interval": [0.0, 0.05]}
+    assert "do not overlap" in sc.verdict({"shortcut": a, "control": b})
+    assert "overlap — this run cannot tell" in sc.verdict({"shortcut": a, "control": {"share": 0.1, "interval": [0.05, 0.2]}})
+    assert "did not find" in sc.verdict({"shortcut": b, "control": a})
