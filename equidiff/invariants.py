@@ -59,6 +59,8 @@ class InvariantConfig:
     lowpass_cutoff: Optional[float] = None  # cutoff of the low-pass filter F in (0, 1]; None: no filtered term
     reduction: str = "sum"  # "sum": ||L(x) − y*||² as in Algorithm 1; "mean": divided by m
     keep_norm: bool = False  # rescale each z_T to its initial norm after every step (keeps z_T typical)
+    restart_after: Optional[int] = None  # ≥ 1: a start whose loss is still above restart_factor·τ this many steps after it was drawn gets fresh noise (the steps count against the budget); None: never
+    restart_factor: float = 100.0  # > 1: "hopeless" threshold of restart_after, in units of τ
     repulsion: float = 0.0  # ≥ 0: weight of a Gaussian repulsion between samples' outputs (spreads few points)
     repulsion_scale: float = 0.1  # > 0: length scale of that repulsion, in units of x
     seed: int = 0  # seed of the torch.Generator that draws z_T
@@ -91,6 +93,10 @@ class InvariantConfig:
             raise _bad("reduction", self.reduction, f"one of {_REDUCTIONS}")
         if not isinstance(self.keep_norm, bool):
             raise _bad("keep_norm", self.keep_norm, "True or False")
+        if self.restart_after is not None and (not _is_int(self.restart_after) or self.restart_after < 1):
+            raise _bad("restart_after", self.restart_after, "None or an integer ≥ 1 (optimiser steps)")
+        if not _is_num(self.restart_factor) or self.restart_factor <= 1:
+            raise _bad("restart_factor", self.restart_factor, "a number > 1 (a multiple of tau)")
         if not _is_num(self.repulsion) or self.repulsion < 0:
             raise _bad("repulsion", self.repulsion, "a finite number ≥ 0")
         if not _is_num(self.repulsion_scale) or self.repulsion_scale <= 0:
@@ -174,11 +180,12 @@ class InvariantResult:
     target: torch.Tensor  # (1, m) L(x*)
     loss: torch.Tensor  # (N,) final total loss λ(loss1 + loss2)
     converged: torch.Tensor  # (N,) bool: loss < τ within the budget
-    steps_to_converge: torch.Tensor  # (N,) optimiser steps used; -1 where not converged
+    steps_to_converge: torch.Tensor  # (N,) optimiser steps used (restarts included); -1 where not converged
     history: dict  # per step: loss_mean, loss_max, n_active, z_norm_mean (lists of floats)
     config: InvariantConfig
     description: str  # the objective's description
     seconds: float  # wall time of the loop
+    restarts: Optional[torch.Tensor] = None  # (N,) how often each sample got fresh noise (restart_after); z_init holds the last draw
 
     @property
     def success_rate(self) -> float:
@@ -194,8 +201,31 @@ class InvariantResult:
             "loss_max": float(self.loss.max()),
             "steps_median": float(done.median()) if done.numel() else None,
             "steps_max": int(done.max()) if done.numel() else None,
+            "n_restarted": int((self.restarts > 0).sum()) if self.restarts is not None else 0,
             "seconds": self.seconds,
         }
+
+
+@torch.no_grad()
+def _restart(z, z_init, init_norm, opt, prior, cfg, rows: torch.Tensor, restarts: torch.Tensor) -> None:
+    """Fresh starting noise for the samples ``rows`` and a fresh optimiser state for them.
+
+    The k-th restart of sample i draws from a generator seeded by (seed, i, k), so a run is
+    reproducible and a resumed run draws the same noise.
+    """
+    for i in rows.tolist():
+        restarts[i] += 1
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 7_919 * (i + 1) + int(restarts[i]))
+        fresh = prior.sample_latents(1, gen)[0].to(device=z.device, dtype=z.dtype)
+        z[i] = fresh
+        z_init[i] = fresh.to(z_init.device)
+        init_norm[i] = fresh.flatten().norm()
+    if isinstance(opt, BatchedLBFGS):
+        opt.reset_rows(rows.to(z.device))
+    else:  # Adam's moments, SGD's momentum: forget them for these rows
+        for v in opt.state.get(z, {}).values():
+            if isinstance(v, torch.Tensor) and v.shape == z.shape:
+                v[rows.to(v.device)] = 0
 
 
 def _make_optimizer(z: torch.Tensor, cfg: InvariantConfig):
@@ -224,7 +254,7 @@ def _repulsion(x_active: torch.Tensor, x_all: torch.Tensor, idx: torch.Tensor, s
     return k.sum()
 
 
-def _save_checkpoint(ckpt, cfg, step, z, z_init, opt, active, converged, steps_to, loss, x, m, history):
+def _save_checkpoint(ckpt, cfg, step, z, z_init, opt, active, converged, steps_to, loss, x, m, history, since, restarts):
     """Write the resumable state after step ``step`` every ``checkpoint_every`` steps."""
     if not (ckpt and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0):
         return
@@ -242,6 +272,8 @@ def _save_checkpoint(ckpt, cfg, step, z, z_init, opt, active, converged, steps_t
             "x": x,
             "m": m,
             "history": history,
+            "since": since,
+            "restarts": restarts,
             "next_step": step + 1,
         },
         tmp,
@@ -307,6 +339,8 @@ def iterate_invariants(
     x_all: torch.Tensor | None = None
     m_all: torch.Tensor | None = None
     history = {"loss_mean": [], "loss_max": [], "n_active": [], "z_norm_mean": []}
+    since = torch.zeros(n, dtype=torch.long)  # steps since each sample's z_T was drawn
+    restarts = torch.zeros(n, dtype=torch.long)
     start = 0
 
     ckpt = cfg.checkpoint_path
@@ -325,6 +359,8 @@ def iterate_invariants(
         active, converged, steps_to = state["active"], state["converged"], state["steps_to"]
         loss_all, x_all, m_all = state["loss"], state["x"], state["m"]
         history = state["history"]
+        since, restarts = state["since"], state["restarts"]
+        init_norm = z_init.flatten(1).norm(dim=1).to(z.device)
         start = state["next_step"]
 
     bar = None
@@ -414,8 +450,17 @@ def iterate_invariants(
             with torch.no_grad():
                 cur = z[rows].flatten(1).norm(dim=1).clamp(min=1e-12)
                 z[rows] = z[rows] * (init_norm[rows] / cur).view(-1, *([1] * (z.dim() - 1)))
+        if cfg.restart_after is not None:
+            since[rows.cpu()] += 1
+            hopeless = rows.cpu()[(since[rows.cpu()] >= cfg.restart_after)
+                                  & (loss_all[rows.cpu()] > cfg.restart_factor * cfg.tau)]
+            if hopeless.numel():
+                z_init = z_init.clone()  # the caller's tensor is not changed
+                _restart(z, z_init, init_norm, opt, prior, cfg, hopeless, restarts)
+                since[hopeless] = 0
 
-        _save_checkpoint(ckpt, cfg, step, z, z_init, opt, active, converged, steps_to, loss_all, x_all, m_all, history)
+        _save_checkpoint(ckpt, cfg, step, z, z_init, opt, active, converged, steps_to, loss_all, x_all, m_all, history,
+                         since, restarts)
 
     if bar is not None:
         bar.close()
@@ -448,6 +493,7 @@ def iterate_invariants(
             config=cfg,
             description=getattr(objective, "description", getattr(objective, "__name__", "objective")),
             seconds=time.perf_counter() - t0,
+            restarts=restarts,
         )
 
 

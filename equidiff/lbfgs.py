@@ -45,6 +45,13 @@ class BatchedLBFGS:
         for k, v in state.items():
             getattr(self, k).copy_(v)
 
+    @torch.no_grad()
+    def reset_rows(self, rows: torch.Tensor) -> None:
+        """Forget everything about the samples ``rows`` (their z_T was replaced)."""
+        self.valid[rows] = False
+        self.t_max[rows] = self.max_step
+        self.prev_loss[rows] = float("inf")
+
     # -- one step ------------------------------------------------------------------------------
     @torch.no_grad()
     def step(self, z: torch.Tensor, rows: torch.Tensor, loss: torch.Tensor, grad: torch.Tensor) -> None:

@@ -413,6 +413,7 @@ def run_neuron(
     lr: float = 1.0,
     seed: int = 0,
     checkpointing: bool = False,
+    restart_after: int | None = None,
 ) -> NeuronRun:
     """Thesis Section 4.2.2 for one channel of :data:`LAYER`.
 
@@ -466,7 +467,8 @@ def run_neuron(
     objective = neuron_map(clf, LAYER, channel, reduce="map", read="input", name="digits ResNet")
     # Step 3: EquiDiff (Algorithm 1) through the deterministic DDIM prior.
     prior = PixelDDIMPrior(ddpm.model, ddpm.scheduler, num_steps=ddim_steps, checkpointing=checkpointing, clamp=False)
-    cfg = InvariantConfig(n_samples=n_samples, steps=steps, tau=tau, optimizer=optimizer, lr=lr, seed=seed)
+    cfg = InvariantConfig(n_samples=n_samples, steps=steps, tau=tau, optimizer=optimizer, lr=lr, seed=seed,
+                          restart_after=restart_after)
     result = find_invariants(objective, query, prior, cfg)
 
     # Step 4: metrics.
@@ -507,6 +509,7 @@ def run_neuron(
         "same_class_rate": float((predicted == int(table.digit_labels[qi])).float().mean()),
         "success_rate": result.success_rate,
         "steps": float(done.median()) if done.numel() else None,
+        "n_restarted": result.summary()["n_restarted"],  # starts replaced by fresh noise (restart_after)
         "seconds": result.seconds,
     }
     qmap = result.target.reshape(int(math.isqrt(result.target.numel())), -1)
@@ -709,7 +712,7 @@ def _paper_channel_means(inputs) -> torch.Tensor:
 
 def run_paper_neuron(inputs, selected: SelectedNeuron, *, n_samples: int | None = None, steps: int | None = None,
                      ddim_steps: int | None = None, tau: float = 0.01, optimizer: str = "lbfgs", lr: float = 1.0,
-                     seed: int = 0) -> NeuronRun:
+                     seed: int = 0, restart_after: int | None = None) -> NeuronRun:
     """Section 4.2.2 for one ResNet-50 channel at paper scale, with the metrics of :func:`run_neuron`.
 
     The query is the strongest-activating of the user's images (:func:`equidiff.paper.strongest_query`);
@@ -736,7 +739,8 @@ def run_paper_neuron(inputs, selected: SelectedNeuron, *, n_samples: int | None 
     qi, _ = strongest_query(objective, inputs.images.to(models.device), cfg.batch_size)
     query = inputs.images[qi: qi + 1]  # (1, 3, S, S)
     # Steps 2-3: the channel's whole pre-ReLU map; Algorithm 1 through the latent DiT.
-    icfg = InvariantConfig(n_samples=n_samples, steps=steps, tau=tau, optimizer=optimizer, lr=lr, seed=seed)
+    icfg = InvariantConfig(n_samples=n_samples, steps=steps, tau=tau, optimizer=optimizer, lr=lr, seed=seed,
+                           restart_after=restart_after)
     result = models.find_invariants(objective, query, icfg)
     # Step 4: metrics, with the names of run_neuron's.
     l1, l2 = l1_l2(result.measurements.float().cpu(), result.target.float().cpu())
@@ -761,6 +765,7 @@ def run_paper_neuron(inputs, selected: SelectedNeuron, *, n_samples: int | None 
         "same_class_rate": float((predicted == label).float().mean()),
         "success_rate": result.success_rate,
         "steps": float(done.median()) if done.numel() else None,
+        "n_restarted": result.summary()["n_restarted"],  # starts replaced by fresh noise (restart_after)
         "seconds": result.seconds,
         # paper only: where the numbers come from, and why a figure is missing
         "query_file": str(inputs.files[qi]),

@@ -691,6 +691,7 @@ def concat_results(results: Sequence, config=None):
         steps_to_converge=cat("steps_to_converge"), history=hist,
         config=config if config is not None else results[0].config,
         description=results[0].description, seconds=float(sum(r.seconds for r in results)),
+        restarts=cat("restarts") if all(r.restarts is not None for r in results) else None,
     )
 
 

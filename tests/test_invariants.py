@@ -180,6 +180,8 @@ BAD = [
     ("progress", "yes", "progress must be True or False, got 'yes'"),
     ("checkpoint_every", -2, "checkpoint_every must be an integer ≥ 0, got -2"),
     ("checkpoint_every", 5, "checkpoint_path must be a file path when checkpoint_every > 0, got None"),
+    ("restart_after", 0, r"restart_after must be None or an integer ≥ 1 \(optimiser steps\), got 0"),
+    ("restart_factor", 1.0, r"restart_factor must be a number > 1 \(a multiple of tau\), got 1.0"),
 ]
 
 
@@ -275,3 +277,35 @@ def test_progress_bar_runs():
     obj, q = _setup()
     res = find_invariants(obj, q, IdentityPrior((4,)), InvariantConfig(n_samples=2, steps=3, progress=True))
     assert len(res.history["loss_mean"]) >= 1
+
+
+def _dead_zone():
+    """L(x) = relu(x_0): a start with x_0 < 0 has zero gradient and never moves (a hopeless start)."""
+    obj = lambda x: torch.relu(x[:, :1])  # noqa: E731
+    return obj, torch.tensor([[1.0, 0.0]])
+
+
+@pytest.mark.parametrize("opt,lr", [("sgd", 0.2), ("adam", 0.1), ("lbfgs", 1.0)])
+def test_restart_replaces_hopeless_starts(opt, lr, tmp_path):
+    obj, q = _dead_zone()
+    base = dict(n_samples=16, steps=400, tau=1e-4, optimizer=opt, lr=lr, seed=3)
+    plain = find_invariants(obj, q, None, InvariantConfig(**base))
+    stuck = plain.z_init[:, 0] < 0
+    assert stuck.any() and not plain.converged[stuck].any()  # without restarts they stay stuck
+    cfg = InvariantConfig(**base, restart_after=40, restart_factor=100.0)
+    res = find_invariants(obj, q, None, cfg)
+    assert res.success_rate == 1.0
+    assert (res.restarts[stuck] > 0).all() and (res.restarts[~stuck] == 0).all()
+    assert (res.z_init[:, 0] > 0).all()  # z_init holds the draw that converged
+    assert torch.equal(res.z[~stuck], plain.z[~stuck])  # the others are untouched
+    assert res.summary()["n_restarted"] == int(stuck.sum())
+    again = find_invariants(obj, q, None, cfg)
+    assert torch.equal(again.z, res.z)  # restarts draw reproducible noise
+    # resumed from a checkpoint taken after some restarts: the same result
+    ck = str(tmp_path / "r.ckpt")
+    ccfg = InvariantConfig(**base, restart_after=40, restart_factor=100.0, checkpoint_path=ck, checkpoint_every=10)
+    for s in iterate_invariants(obj, q, None, ccfg):
+        if s.step == 93:
+            break
+    resumed = find_invariants(obj, q, None, ccfg)
+    assert torch.equal(resumed.z, res.z) and torch.equal(resumed.restarts, res.restarts)
