@@ -26,7 +26,7 @@ import torch
 from ._validate import bad as _bad, is_int as _is_int, is_num as _is_num
 
 __all__ = ["nearest_distance", "Selection", "select_members", "precision_at_k", "random_precision", "features",
-           "evaluate_selection", "member_pool"]
+           "evaluate_selection", "member_pool", "circles_selection", "neuron_selection"]
 
 
 def _as_2d(name: str, a) -> torch.Tensor:
@@ -155,3 +155,46 @@ def member_pool(converged, k: int) -> tuple[np.ndarray, str]:
         return np.flatnonzero(conv), f"choosing among the {int(conv.sum())} members"
     return np.arange(conv.size), (f"only {int(conv.sum())} members (< k = {k}): choosing among all "
                                   f"{conv.size} samples, members or not")
+
+
+def circles_selection(query, k: int, novelty_weight: float = 0.5, n: int = 256, tau: float = 0.005,
+                      seed: int = 0) -> dict:
+    """The 2D chapter's setting: ``n`` invariant points of ``query`` under the circles MLP, and ``k``
+    of them chosen against the MLP's training points. Returns ``model``, ``points`` (n, 2),
+    ``train`` (M, 2) and ``selection`` (:class:`Selection`)."""
+    from . import toy
+
+    model, _ = toy.load_classifier()
+    cfg = toy.CirclesConfig()
+    train, _ = toy.circles_data(cfg.n_train, cfg.extent, cfg.seed)
+    points = np.asarray(toy.analyse_query(model, query, n=n, tau=tau, seed=seed)["points"])
+    return {"model": model, "points": points, "train": np.asarray(train),
+            "selection": select_members(points, np.asarray(train), min(k, len(points)), novelty_weight)}
+
+
+def neuron_selection(profile: str, neuron: int, k: int, novelty_weight: float = 0.5, *, n_samples: int = 24,
+                     steps: int = 200, ddim_steps: int = 10, tau: float = 0.01, seed: int = 0) -> dict:
+    """The neuron chapter's setting: invariant samples of one channel of the digits classifier
+    (:func:`equidiff.neurons.run_neuron`, L-BFGS) and ``k`` of them chosen against the training digits.
+
+    Returns ``x`` (the pool: members, or all samples when fewer than k converged), ``note`` (which),
+    ``selection``, ``rest`` (up to k pool members not selected), ``predicted`` (the classifier's class
+    per pool member) and ``n_members`` / ``n_samples``.
+    """
+    from . import neurons as eqn
+    from .zoo import get_model, load_digits16
+
+    names = {"cpu": ("digits-classifier", "digits-ddpm"), "smoke": ("digits-classifier-tiny", "digits-ddpm-tiny")}
+    if profile not in names:
+        raise _bad("profile", profile, f"one of {tuple(names)}")
+    clf, ddpm = (get_model(name, progress=False) for name in names[profile])
+    train_x, train_y = load_digits16("train")
+    table = eqn.alignment_table(clf.model, train_x, train_y)
+    run = eqn.run_neuron(clf, ddpm, neuron, table, load_digits16("test")[0], profile=profile, n_samples=n_samples,
+                         steps=steps, ddim_steps=ddim_steps, tau=tau, seed=seed)
+    pool, note = member_pool(run.result.converged, k)
+    x = run.result.x[pool].clamp(-1, 1)
+    chosen = select_members(x, train_x, k, novelty_weight)
+    rest = [i for i in range(len(x)) if i not in chosen.indices][: len(chosen.indices)]
+    return {"x": x, "note": note, "selection": chosen, "rest": rest, "predicted": run.predicted[pool],
+            "n_members": int(run.result.converged.sum()), "n_samples": int(run.result.converged.numel())}

@@ -169,3 +169,8 @@ def test_verdict():
     assert "do not overlap" in sc.verdict({"shortcut": a, "control": b})
     assert "overlap — this run cannot tell" in sc.verdict({"shortcut": a, "control": {"share": 0.1, "interval": [0.05, 0.2]}})
     assert "did not find" in sc.verdict({"shortcut": b, "control": a})
+
+
+def test_selection_demos_reject_bad_profile():
+    with pytest.raises(ValueError, match=r"profile must be one of \('cpu', 'smoke'\), got 'paper'"):
+        sel.neuron_selection("paper", 5, 2)
