@@ -121,11 +121,9 @@ def _not_inplace(cls):
     return NotInplace
 
 
-_NOT_INPLACE = {
-    "silu": _not_inplace(nn.SiLU),
-    "relu": _not_inplace(nn.ReLU),
-    "gelu": _not_inplace(nn.GELU),
-}
+# module-level names, so that models holding them pickle (the neuron chapter sends models to worker processes)
+SiLU, ReLU, GELU = _not_inplace(nn.SiLU), _not_inplace(nn.ReLU), _not_inplace(nn.GELU)
+_NOT_INPLACE = {"silu": SiLU, "relu": ReLU, "gelu": GELU}
 
 
 
@@ -881,7 +879,19 @@ def load_or_train(
     if data_key is not None:
         info = {**info, "data": data_key}
     _save(folder, kind, model, scheduler, cfg, info)
+    # Return the model as every later call loads it, not the tensors training left in memory: the
+    # loaded weights sit at other memory offsets (diffusers keeps the safetensors layout), and CPU
+    # kernels round differently on differently aligned data (~1e-7), which the chaotic optimisation
+    # of Algorithm 1 turns into different samples. The first run must equal every rerun.
+    model, scheduler, _ = _load(folder, cfg)
     return ZooModel(name, model, cfg, folder, info, trained_now=True, scheduler=scheduler)
+
+
+def reload(model: ZooModel) -> ZooModel:
+    """``model`` loaded again from its cache folder (in another process: the same weights, laid out in
+    memory exactly as in this one, so it computes bit-identically)."""
+    loaded, scheduler, info = _load(model.path, model.config)
+    return ZooModel(model.name, loaded, model.config, model.path, info, trained_now=False, scheduler=scheduler)
 
 
 def get_model(name: str, cache_dir=None, *, train_if_missing: bool = True, progress: bool = True) -> ZooModel:
