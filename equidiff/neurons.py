@@ -28,15 +28,20 @@ metrics are those of Table 4.1 plus diversity and the classifier's reading of th
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
+import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from ._validate import bad as _bad
 from .objectives import capture_activation, neuron_map, resolve_module
+from .progress import ProgressLine
 
 __all__ = [
     "LAYER",
@@ -396,6 +401,27 @@ class NeuronRun:
         return f"neuron {self.channel} ({self.concept}, r = {self.alignment:.2f})"
 
 
+def _run_settings(profile: str, *, n_samples=None, steps=None, ddim_steps=None, tau=0.01, optimizer="lbfgs",
+                  lr=1.0, seed=0, restart_after=None):
+    """The checked settings of :func:`run_neuron`: ``(InvariantConfig, ddim_steps)``, profile defaults filled in."""
+    from .invariants import InvariantConfig
+
+    if profile == "paper":
+        raise ValueError("run_neuron runs the digits world; profile 'paper' runs through "
+                         "load_world('paper', ...) and run_paper_neuron (ResNet-50 + latent DiT)")
+    defaults = resolve_profile(profile)
+    n_samples = defaults["n_samples"] if n_samples is None else n_samples
+    steps = defaults["steps"] if steps is None else steps
+    ddim_steps = defaults["ddim_steps"] if ddim_steps is None else ddim_steps
+    if not _is_int(n_samples) or n_samples < 2:
+        raise _bad("n_samples", n_samples, "an integer ≥ 2 (FID and diversity need two samples)")
+    if not _is_int(ddim_steps) or ddim_steps < 1:
+        raise _bad("ddim_steps", ddim_steps, "an integer ≥ 1")
+    cfg = InvariantConfig(n_samples=n_samples, steps=steps, tau=tau, optimizer=optimizer, lr=lr, seed=seed,
+                          restart_after=restart_after)
+    return cfg, ddim_steps
+
+
 def run_neuron(
     classifier,
     ddpm,
@@ -414,6 +440,7 @@ def run_neuron(
     seed: int = 0,
     checkpointing: bool = False,
     restart_after: int | None = None,
+    on_step=None,
 ) -> NeuronRun:
     """Thesis Section 4.2.2 for one channel of :data:`LAYER`.
 
@@ -430,23 +457,16 @@ def run_neuron(
 
     ``classifier`` and ``ddpm`` are :class:`equidiff.zoo.ZooModel` (or the bare modules; the
     ddpm needs ``.model`` and ``.scheduler``). Profile defaults fill ``n_samples``, ``steps``
-    and ``ddim_steps`` when they are None.
+    and ``ddim_steps`` when they are None. ``on_step``, if given, is called with every
+    :class:`equidiff.invariants.StepState` (progress reports).
     """
     from .diffusion import PixelDDIMPrior
-    from .invariants import InvariantConfig, find_invariants
+    from .invariants import iterate_invariants
     from .metrics import classifier_features, diversity, feature_fid, l1_l2
 
-    if profile == "paper":
-        raise ValueError("run_neuron runs the digits world; profile 'paper' runs through "
-                         "load_world('paper', ...) and run_paper_neuron (ResNet-50 + latent DiT)")
-    defaults = resolve_profile(profile)
-    n_samples = defaults["n_samples"] if n_samples is None else n_samples
-    steps = defaults["steps"] if steps is None else steps
-    ddim_steps = defaults["ddim_steps"] if ddim_steps is None else ddim_steps
-    if not _is_int(n_samples) or n_samples < 2:
-        raise _bad("n_samples", n_samples, "an integer ≥ 2 (FID and diversity need two samples)")
-    if not _is_int(ddim_steps) or ddim_steps < 1:
-        raise _bad("ddim_steps", ddim_steps, "an integer ≥ 1")
+    cfg, ddim_steps = _run_settings(profile, n_samples=n_samples, steps=steps, ddim_steps=ddim_steps, tau=tau,
+                                    optimizer=optimizer, lr=lr, seed=seed, restart_after=restart_after)
+    n_samples = cfg.n_samples
     real_images = _check_images(real_images)
     if len(real_images) < 2:
         raise _bad("real_images", len(real_images), "at least 2 images")
@@ -467,9 +487,11 @@ def run_neuron(
     objective = neuron_map(clf, LAYER, channel, reduce="map", read="input", name="digits ResNet")
     # Step 3: EquiDiff (Algorithm 1) through the deterministic DDIM prior.
     prior = PixelDDIMPrior(ddpm.model, ddpm.scheduler, num_steps=ddim_steps, checkpointing=checkpointing, clamp=False)
-    cfg = InvariantConfig(n_samples=n_samples, steps=steps, tau=tau, optimizer=optimizer, lr=lr, seed=seed,
-                          restart_after=restart_after)
-    result = find_invariants(objective, query, prior, cfg)
+    out: dict = {}
+    for state in iterate_invariants(objective, query, prior, cfg, _out=out):
+        if on_step is not None:
+            on_step(state)
+    result = out["result"]
 
     # Step 4: metrics.
     l1, l2 = l1_l2(result.measurements, result.target)  # (N,), (N,)
@@ -668,6 +690,144 @@ class NeuronWorld:
                               concept=selected.concept, profile=self.profile, **kwargs)
         kwargs.pop("checkpointing", None)
         return run_paper_neuron(self.paper, selected, **kwargs)
+
+    def run_all(self, chosen, *, workers: int | None = None, progress: bool = True, **kwargs) -> list[NeuronRun]:
+        """:meth:`run` for every chosen neuron, in order, with one progress line (samples below τ).
+
+        cpu/smoke: every neuron is optimised on **one torch thread** — its numbers then do not
+        depend on the machine's core count (L-BFGS's do depend on the thread count) — and
+        ``workers`` processes (None: one per neuron, at most one per CPU core) run neurons side by
+        side; ``workers=1`` runs them one after the other in this process. The results are the
+        same for every ``workers``; only the wall time changes (on two cores, three neurons take
+        about half the time of one process with two threads, whose cores idle in each run's tail,
+        when only a few samples are left). paper: in this process, on the configured device
+        (``workers`` must be None or 1).
+        """
+        chosen = list(chosen)
+        if workers is not None and (not _is_int(workers) or workers < 1):
+            raise _bad("workers", workers, "None or an integer ≥ 1")
+        if self.is_paper:
+            if workers not in (None, 1):
+                raise _bad("workers", workers, "None or 1 in the paper profile (it runs on one device, in this process)")
+            runs = []
+            with ProgressLine(len(chosen), "neurons done", enabled=progress) as bar:
+                for s in chosen:
+                    runs.append(self.run(s, **kwargs))
+                    bar.update_to(len(runs))
+            return runs
+        cfg, _ = _run_settings(self.profile, **{k: v for k, v in kwargs.items() if k in _SETTINGS})  # fail early
+        n_workers = min(len(chosen), workers or os.cpu_count() or 1)
+        below = [0] * len(chosen)  # per neuron: samples below τ so far
+        done = [False] * len(chosen)
+
+        def report(bar, i, n_below, finished=False):
+            below[i] = max(below[i], n_below)  # counts only grow; a late queued message must not lower one
+            done[i] = done[i] or finished
+            bar.update_to(sum(below), f"{sum(done)}/{len(chosen)} neurons done")
+
+        total = len(chosen) * cfg.n_samples
+        with ProgressLine(total, "invariant samples below τ", enabled=progress) as bar:
+            if n_workers == 1:
+                runs = []
+                with _torch_threads(1):
+                    for i, s in enumerate(chosen):
+                        runs.append(self.run(s, on_step=lambda st, i=i: report(bar, i, int(st.converged.sum())),
+                                             **kwargs))
+                        report(bar, i, below[i], finished=True)
+                return runs
+            return _run_in_workers(self, chosen, n_workers, kwargs, lambda i, n, fin: report(bar, i, n, fin))
+
+
+# run_neuron's settings that _run_settings checks (the others go to run_neuron as they are)
+_SETTINGS = ("n_samples", "steps", "ddim_steps", "tau", "optimizer", "lr", "seed", "restart_after")
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int):
+    """Run the block with ``n`` torch intra-op threads; the caller's count is restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+_WORKER: dict = {}  # in a worker process: the world's parts and the progress queue
+
+
+def _portable(model):
+    """What a worker needs to rebuild ``model``: a cached zoo model travels as its folder (reloaded
+    there, bit-identical to this process's copy); anything else is pickled."""
+    from .zoo import ZooModel
+
+    if isinstance(model, ZooModel) and (Path(model.path) / "config.json").exists():
+        return ("zoo", dataclasses.replace(model, model=None, scheduler=None))  # the folder, not the weights
+    return ("object", model)
+
+
+def _unportable(packed):
+    from .zoo import reload
+
+    kind, model = packed
+    return reload(model) if kind == "zoo" else model
+
+
+def _worker_init(parts: tuple, queue) -> None:
+    torch.set_num_threads(1)  # the same single thread as NeuronWorld.run_all's in-process path
+    profile, clf, ddpm, table, real = parts
+    _WORKER["parts"] = (profile, _unportable(clf), _unportable(ddpm), table, real)
+    _WORKER["queue"] = queue
+
+
+def _worker_run(i: int, selected: SelectedNeuron, kwargs: dict) -> NeuronRun:
+    profile, clf, ddpm, table, real = _WORKER["parts"]
+    queue = _WORKER["queue"]
+    return run_neuron(clf, ddpm, selected.channel, table, real, concept=selected.concept, profile=profile,
+                      on_step=lambda st: queue.put((i, int(st.converged.sum()))), **kwargs)
+
+
+def _run_in_workers(world: NeuronWorld, chosen: list, n_workers: int, kwargs: dict, report) -> list[NeuronRun]:
+    """Run the chosen neurons in ``n_workers`` spawned processes (one torch thread each); ``report(i,
+    n_below, finished)`` is called in this process as the workers send progress."""
+    import multiprocessing as mp
+    from concurrent.futures.process import BrokenProcessPool
+
+    ctx = mp.get_context("spawn")  # fork would copy this process's OpenMP state (and can deadlock)
+    messages = ctx.Queue()
+    parts = (world.profile, _portable(world.classifier), _portable(world.ddpm), world.table, world.real_images)
+    try:
+        return _collect(ctx, messages, parts, chosen, n_workers, kwargs, report)
+    except BrokenProcessPool as e:
+        raise RuntimeError(
+            f"workers={n_workers}: the worker processes died before finishing ({e}). Started from a "
+            "script, the code that calls run_all must sit under `if __name__ == '__main__':` (worker "
+            "processes import the script again); or pass workers=1 to run in this process"
+        ) from e
+
+
+def _collect(ctx, messages, parts, chosen, n_workers, kwargs, report) -> list[NeuronRun]:
+    import queue as queue_mod
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(n_workers, mp_context=ctx, initializer=_worker_init, initargs=(parts, messages)) as ex:
+        futures = [ex.submit(_worker_run, i, s, kwargs) for i, s in enumerate(chosen)]
+        pending = set(range(len(chosen)))
+        while pending:
+            try:
+                i, n_below = messages.get(timeout=0.5)
+                report(i, n_below, False)
+            except queue_mod.Empty:
+                pass
+            for i in list(pending):
+                if futures[i].done():
+                    if futures[i].exception() is not None:
+                        for f in futures:
+                            f.cancel()
+                        raise futures[i].exception()
+                    pending.discard(i)
+                    report(i, int(futures[i].result().result.converged.sum()), True)
+        return [f.result() for f in futures]
 
 
 def load_world(profile: str = "cpu", *, paper_config=None, query_images=None, batch_size=None, bf16=None,

@@ -107,6 +107,28 @@ def test_classifier_notebook_smoke_metrics(built_book):
 
 
 @pytest.mark.book
+def test_neurons_notebook_smoke_metrics(built_book):
+    book, _ = built_book
+    out = book / "_generated" / "02_neurons"
+    m = json.loads((out / "metrics.json").read_text())
+    assert len(m["neurons"]) == 3 and m["n_samples"] == 4
+    for n in m["neurons"]:
+        for k in ("channel", "concept", "alignment", "l2_mean", "l2_std", "l1_mean", "fid", "diversity",
+                  "success_rate", "n_restarted", "seconds"):
+            assert k in n, k
+        assert 0 <= n["success_rate"] <= 1 and n["l2_mean"] >= 0
+    for name in ("top_images.png", "figure_4_1.png", "figure_4_2.png"):
+        assert (out / name).stat().st_size > 10_000
+    # the progress line is one display output updated in place: the executed notebook keeps its last
+    # state only (a text bar on stderr would keep every redraw)
+    nb = json.loads((book / "_generated" / "02_neurons.ipynb").read_text())
+    cell = next(c for c in nb["cells"] if "run_all(" in "".join(c["source"]))
+    lines = ["".join(o["data"]["text/plain"]) for o in cell["outputs"] if o["output_type"] == "display_data"]
+    assert len(lines) == 1 and "invariant samples below τ" in lines[0] and "3/3 neurons done" in lines[0]
+    assert not any(o.get("name") == "stderr" and "below τ" in "".join(o["text"]) for o in cell["outputs"])
+
+
+@pytest.mark.book
 def test_applications_notebook_smoke_metrics(built_book):
     book, _ = built_book
     out = book / "_generated" / "05_applications"

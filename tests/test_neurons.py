@@ -170,3 +170,65 @@ def test_run_neuron_protocol(tiny):
         neurons.run_neuron(clf, ddpm, 10_000, table, real, n_samples=2)
     with pytest.raises(ValueError, match="run_neuron runs the digits world; profile 'paper' runs through"):
         neurons.run_neuron(clf, ddpm, 0, table, real, profile="paper")
+
+
+# ------------------------------------------------------------------ run_all: neurons side by side
+
+
+def _world(tiny):
+    clf, ddpm, table, real = tiny
+    return neurons.NeuronWorld("smoke", classifier=clf, ddpm=ddpm, table=table, real_images=real)
+
+
+def test_run_all_gives_the_same_samples_for_every_worker_count(tiny, capsys):
+    world = _world(tiny)
+    chosen = neurons.select_neurons(world.table, 2)
+    kw = dict(n_samples=3, steps=3, ddim_steps=2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        one = world.run_all(chosen, workers=1, **kw)  # this process, one torch thread
+        assert torch.get_num_threads() == 2  # the caller's thread count is restored
+    finally:
+        torch.set_num_threads(threads)
+    assert "invariant samples below τ" in capsys.readouterr().err  # the progress line (a text bar here)
+    two = world.run_all(chosen, workers=2, progress=False, **kw)  # two spawned worker processes
+    assert [r.channel for r in one] == [r.channel for r in two] == [s.channel for s in chosen]
+    for a, b in zip(one, two):
+        assert torch.equal(a.result.x, b.result.x) and torch.equal(a.result.loss, b.result.loss)
+        assert {k: v for k, v in a.metrics.items() if k != "seconds"} == \
+               {k: v for k, v in b.metrics.items() if k != "seconds"}
+
+
+def test_run_all_rejects_bad_settings_before_starting_workers(tiny):
+    world = _world(tiny)
+    chosen = neurons.select_neurons(world.table, 2)
+    for bad in (0, 1.5, True, "2"):
+        with pytest.raises(ValueError, match=rf"workers must be None or an integer ≥ 1, got {bad!r}"):
+            world.run_all(chosen, workers=bad, n_samples=3, steps=1, ddim_steps=2)
+    with pytest.raises(ValueError, match="n_samples must be an integer ≥ 2"):
+        world.run_all(chosen, workers=2, n_samples=1, steps=1, ddim_steps=2)
+    with pytest.raises(ValueError, match="tau must be"):
+        world.run_all(chosen, workers=2, n_samples=3, steps=1, ddim_steps=2, tau=-1.0)
+
+
+def test_run_all_from_an_unguarded_script_says_what_to_do(tiny, tmp_path):
+    import subprocess
+    import sys
+
+    clf, ddpm, _, _ = tiny
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "from pathlib import Path\n"
+        "from equidiff import neurons, zoo\n"
+        f"clf = zoo.get_model({clf.name!r}, Path({str(clf.path.parent)!r}), progress=False)\n"
+        f"ddpm = zoo.get_model({ddpm.name!r}, Path({str(ddpm.path.parent)!r}), progress=False)\n"
+        "x, y = zoo.load_digits16('test')\n"
+        "table = neurons.alignment_table(clf.model, x[:60], y[:60])\n"
+        "world = neurons.NeuronWorld('smoke', classifier=clf, ddpm=ddpm, table=table, real_images=x[60:80])\n"
+        "world.run_all(neurons.select_neurons(table, 2), workers=2, progress=False, n_samples=2, steps=1, "
+        "ddim_steps=2)\n"
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert "must sit under `if __name__ == '__main__':`" in done.stderr and "workers=1" in done.stderr

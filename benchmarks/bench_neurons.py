@@ -1,0 +1,72 @@
+"""Benchmark of the neuron chapter's runs of Algorithm 1: how to spend the machine's cores.
+
+    python benchmarks/bench_neurons.py [--quick] [--json PATH]
+
+Runs the chapter's three neurons (``neurons = "auto"``, its default settings: 32 samples, budget 400,
+L-BFGS, ``restart_after = 100``, DDIM T = 10) three ways, one after the other in this one run:
+
+  threads  one process, one neuron after the other, torch's default thread count (the chapter before
+           ``NeuronWorld.run_all``);
+  w1       ``run_all(workers=1)``: one process, one torch thread, one neuron after the other;
+  wN       ``run_all(workers=N)``: N worker processes (N = min(3, CPU cores)), one torch thread each.
+
+Prints each way's wall time, its ratio to ``threads``, and whether ``w1`` and ``wN`` returned
+bit-identical samples (they must: every neuron runs on one thread either way). Why it pays: each run
+ends on a handful of slow samples, and a batch of one or two 16×16 images cannot keep two cores busy.
+``--quick``: 8 samples, budget 100 (about two minutes on two cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import torch
+
+
+def main() -> None:
+    from equidiff import neurons as eqn
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="8 samples, budget 100")
+    ap.add_argument("--json", help="also write the figures to this JSON file")
+    a = ap.parse_args()
+    settings = dict(n_samples=8, steps=100) if a.quick else dict(n_samples=32, steps=400)
+    settings.update(ddim_steps=10, tau=0.01, optimizer="lbfgs", lr=1.0, seed=0, restart_after=100)
+    world = eqn.load_world("cpu", ddim_steps=10)
+    chosen = world.choose("auto", "all", k=3)
+    n_workers = min(len(chosen), os.cpu_count() or 1)
+    threads = torch.get_num_threads()
+    print(f"neurons {[s.channel for s in chosen]}, {settings}; {os.cpu_count()} CPU cores, torch threads {threads}")
+
+    times, runs = {}, {}
+    t = time.perf_counter()
+    runs["threads"] = [world.run(s, **settings) for s in chosen]
+    times["threads"] = time.perf_counter() - t
+    for name, w in (("w1", 1), (f"w{n_workers}", n_workers)):
+        t = time.perf_counter()
+        runs[name] = world.run_all(chosen, workers=w, progress=False, **settings)
+        times[name] = time.perf_counter() - t
+
+    base = times["threads"]
+    print(f"\n{'way':<8} {'wall s':>8} {'× threads':>10}  per neuron: success, restarts, seconds")
+    for name, sec in times.items():
+        per = "; ".join(f"#{r.channel} {r.metrics['success_rate']:.2f}, {r.metrics['n_restarted']}, "
+                        f"{r.metrics['seconds']:.0f} s" for r in runs[name])
+        print(f"{name:<8} {sec:8.1f} {sec / base:10.2f}  {per}")
+    wn = f"w{n_workers}"
+    same = all(torch.equal(x.result.x, y.result.x) for x, y in zip(runs["w1"], runs[wn]))
+    print(f"\nw1 and {wn} samples bit-identical: {same}")
+    if a.json:
+        out = {"settings": settings, "cpu_cores": os.cpu_count(), "torch_threads": threads,
+               "neurons": [s.channel for s in chosen], "seconds": times,
+               "ratio_to_threads": {k: v / base for k, v in times.items()}, "identical_w1_wn": same,
+               "success": {k: [r.metrics["success_rate"] for r in v] for k, v in runs.items()}}
+        with open(a.json, "w") as f:
+            json.dump(out, f, indent=2)
+
+
+if __name__ == "__main__":  # worker processes import this file again: keep the run under the guard
+    main()
