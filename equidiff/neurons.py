@@ -837,15 +837,11 @@ def load_world(profile: str = "cpu", *, paper_config=None, query_images=None, ba
     latent chain's T)."""
     resolve_profile(profile)
     if profile != "paper":
-        from .paper import reject_paper_parameters
-        from .zoo import get_model, load_digits16
+        from .paper import digits_chapter_inputs
 
-        reject_paper_parameters(profile, paper_config=paper_config, query_images=query_images,
-                                batch_size=batch_size, bf16=bf16, device=device)
-        clf = get_model("digits-classifier", progress=False)
-        ddpm = get_model("digits-ddpm", progress=False)
-        train_x, train_y = load_digits16("train")
-        test_x, _ = load_digits16("test")
+        clf, ddpm, (train_x, train_y), test_x = digits_chapter_inputs(
+            profile, paper_config=paper_config, query_images=query_images, batch_size=batch_size, bf16=bf16,
+            device=device)
         return NeuronWorld(profile, classifier=clf, ddpm=ddpm, table=alignment_table(clf.model, train_x, train_y),
                            real_images=test_x)
     from .paper import load_paper_inputs

@@ -612,15 +612,10 @@ def load_world(profile: str = "cpu", query_index: int = 0, *, paper_config=None,
     query ``query_index`` of the user's images (sorted by file name)."""
     resolve_profile(profile)
     if profile != "paper":
-        from .paper import reject_paper_parameters
-        from .zoo import get_model, load_digits16
+        from .paper import digits_chapter_inputs
 
-        reject_paper_parameters(profile, paper_config=paper_config, query_images=query_images,
-                                batch_size=batch_size, bf16=bf16, device=device)
-        clf = get_model("digits-classifier", progress=False)
-        ddpm = get_model("digits-ddpm", progress=False)
-        train = load_digits16("train")
-        test_x, _ = load_digits16("test")
+        clf, ddpm, train, test_x = digits_chapter_inputs(profile, paper_config=paper_config, query_images=query_images,
+                                                         batch_size=batch_size, bf16=bf16, device=device)
         return ClassifierWorld(profile, load_query(clf, query_index), clf, ddpm=ddpm, train=train, test_images=test_x)
     from .paper import load_paper_inputs, predict_classes
 

@@ -519,13 +519,12 @@ def load_vit(
     (:mod:`equidiff.sae`). Raises :class:`ModelNotFoundError` naming the model, where it looked and
     the fetch command; ``ValueError`` when ``model`` is not a ViT (no ``blocks``).
     """
-    file = find_weights_file(model, path, cache_dir=cache_dir, allow_download=allow_download)
-    net = _create_timm(model, file, model_kwargs)
-    blocks = getattr(net, "blocks", None)
+    vit = load_classifier(model, path, cache_dir=cache_dir, allow_download=allow_download, input_size=input_size,
+                          model_kwargs=model_kwargs, device=device)
+    blocks = getattr(vit.model, "blocks", None)
     if not isinstance(blocks, nn.Sequential) or len(blocks) == 0:
         raise _bad("vit_model", model, "a timm VisionTransformer (with .blocks), e.g. " + repr(VIT_MODEL))
-    net = disable_inplace(net).to(resolve_device(device)).eval().requires_grad_(False)
-    return ImageNetInput(net, input_size=input_size)
+    return vit
 
 
 @torch.no_grad()
@@ -1193,6 +1192,17 @@ def fid_against_reference(models: PaperModels, samples: torch.Tensor, real: torc
     if ref is not None and not Path(ref).is_file():
         return FIDResult(figure, None, f"fid_reference {ref} does not exist", n_samples=len(samples))
     return models.fid(samples.float().cpu(), ref if ref is not None else real.float().cpu(), figure)
+
+
+def digits_chapter_inputs(profile: str, **paper_params):
+    """cpu/smoke worlds of the neuron and classifier chapters: the paper-only parameters must be None;
+    returns the zoo's ``(classifier, ddpm, (train images, train labels), test images)``."""
+    from .zoo import get_model, load_digits16
+
+    reject_paper_parameters(profile, **paper_params)
+    clf = get_model("digits-classifier", progress=False)
+    ddpm = get_model("digits-ddpm", progress=False)
+    return clf, ddpm, load_digits16("train"), load_digits16("test")[0]
 
 
 def reject_paper_parameters(profile: str, **params) -> None:
