@@ -32,7 +32,6 @@ import contextlib
 import dataclasses
 import math
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -791,43 +790,38 @@ def _run_in_workers(world: NeuronWorld, chosen: list, n_workers: int, kwargs: di
     """Run the chosen neurons in ``n_workers`` spawned processes (one torch thread each); ``report(i,
     n_below, finished)`` is called in this process as the workers send progress."""
     import multiprocessing as mp
+    import queue as queue_mod
+    from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
     ctx = mp.get_context("spawn")  # fork would copy this process's OpenMP state (and can deadlock)
     messages = ctx.Queue()
     parts = (world.profile, _portable(world.classifier), _portable(world.ddpm), world.table, world.real_images)
     try:
-        return _collect(ctx, messages, parts, chosen, n_workers, kwargs, report)
-    except BrokenProcessPool as e:
-        raise RuntimeError(
-            f"workers={n_workers}: the worker processes died before finishing ({e}). Started from a "
-            "script, the code that calls run_all must sit under `if __name__ == '__main__':` (worker "
-            "processes import the script again); or pass workers=1 to run in this process"
-        ) from e
-
-
-def _collect(ctx, messages, parts, chosen, n_workers, kwargs, report) -> list[NeuronRun]:
-    import queue as queue_mod
-    from concurrent.futures import ProcessPoolExecutor
-
-    with ProcessPoolExecutor(n_workers, mp_context=ctx, initializer=_worker_init, initargs=(parts, messages)) as ex:
-        futures = [ex.submit(_worker_run, i, s, kwargs) for i, s in enumerate(chosen)]
-        pending = set(range(len(chosen)))
-        while pending:
-            try:
-                i, n_below = messages.get(timeout=0.5)
-                report(i, n_below, False)
-            except queue_mod.Empty:
-                pass
-            for i in list(pending):
-                if futures[i].done():
+        with ProcessPoolExecutor(n_workers, mp_context=ctx, initializer=_worker_init,
+                                 initargs=(parts, messages)) as ex:
+            futures = [ex.submit(_worker_run, i, s, kwargs) for i, s in enumerate(chosen)]
+            pending = set(range(len(chosen)))
+            while pending:
+                try:
+                    i, n_below = messages.get(timeout=0.5)
+                    report(i, n_below, False)
+                except queue_mod.Empty:
+                    pass
+                for i in [i for i in pending if futures[i].done()]:
                     if futures[i].exception() is not None:
                         for f in futures:
                             f.cancel()
                         raise futures[i].exception()
                     pending.discard(i)
                     report(i, int(futures[i].result().result.converged.sum()), True)
-        return [f.result() for f in futures]
+            return [f.result() for f in futures]
+    except BrokenProcessPool as e:
+        raise RuntimeError(
+            f"workers={n_workers}: the worker processes died before finishing ({e}). Started from a "
+            "script, the code that calls run_all must sit under `if __name__ == '__main__':` (worker "
+            "processes import the script again); or pass workers=1 to run in this process"
+        ) from e
 
 
 def load_world(profile: str = "cpu", *, paper_config=None, query_images=None, batch_size=None, bf16=None,
