@@ -37,9 +37,9 @@ from pathlib import Path
 
 import torch
 
-from equidiff import paper
-from equidiff.diffusion import LatentDiTPrior
-from equidiff.invariants import InvariantConfig, iterate_invariants
+from equidiff.worlds.imagenet import models as paper
+from equidiff.core.priors import LatentDiTPrior
+from equidiff.core.invariants import InvariantConfig, iterate_invariants
 
 # DiT-XL/2 (Peebles & Xie, 2023: depth 28, hidden 1152 = 16 heads × 72, patch 2) on 32×32×4
 # latents of the Stable Diffusion VAE (kl-f8: 128/256/512/512 channels, 2 ResNet blocks per level).

@@ -15,7 +15,7 @@ before the final activation) and a class-probability objective, with a batch of 
   its time is scaled to the batch);
 * overhead ratio = checkpointed step time / (T × one denoiser forward+backward + objective);
 * share of spectral power above half Nyquist: real digits, EquiDiff samples, and the pixel-space
-  baseline (``equidiff.baselines.pixel_invariants``: the same loop optimising the image itself,
+  baseline (``equidiff.core.baselines.pixel_invariants``: the same loop optimising the image itself,
   x = 2·sigmoid(u) − 1 from a near-grey start as in Lucent, no prior).
 
 All ratios are measured side by side in one run. ``--quick`` runs a reduced version (batch 8,
@@ -36,11 +36,12 @@ from pathlib import Path
 
 import torch
 
-from equidiff import filters, zoo
-from equidiff.diffusion import PixelDDIMPrior
-from equidiff.baselines import pixel_invariants
-from equidiff.invariants import InvariantConfig, find_invariants, iterate_invariants
-from equidiff.objectives import capture_activation, class_probability, neuron_map, resolve_module
+from equidiff.core import filters
+from equidiff.worlds.digits import models as zoo
+from equidiff.core.priors import PixelDDIMPrior
+from equidiff.core.baselines import pixel_invariants
+from equidiff.core.invariants import InvariantConfig, find_invariants, iterate_invariants
+from equidiff.core.objectives import capture_activation, class_probability, neuron_map, resolve_module
 
 NEURON_LAYER = "layer4.0.act2"  # input of the last block's final activation: pre-activation values
 LR = {"adam": 0.1, "lbfgs": 1.0}  # Adam: the sweep's best rate; L-BFGS: the full quasi-Newton step
@@ -239,7 +240,7 @@ def main() -> None:
 
     grid_dir = Path(a.grid)
     grid_dir.mkdir(parents=True, exist_ok=True)
-    from equidiff import plots
+    from equidiff.report import figures as plots
 
     for name, res in samples.items():
         fig = plots.sample_grid(query, res, title=f"{res.description}: {int(res.converged.sum())}/{n} converged")

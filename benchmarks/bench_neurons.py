@@ -27,7 +27,7 @@ import torch
 
 
 def main() -> None:
-    from equidiff import neurons as eqn
+    from equidiff.chapters import neurons as eqn
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="8 samples, budget 100")

@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from equidiff import toy
+from equidiff.worlds import circles as toy
 
 QUERIES = ([0.5, 0.3], [0.7, -0.6], [-1.3, 0.6])
 TAU = 0.005

@@ -48,8 +48,8 @@ def write_paper_random(folder: Path):
     from safetensors.torch import save_file
 
     from bench_gpu import DIT_XL2_256, SD_VAE
-    from equidiff import paper
-    from equidiff.sae import SparseAutoencoder
+    from equidiff.worlds.imagenet import models as paper
+    from equidiff.chapters.sae import SparseAutoencoder
 
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
@@ -84,7 +84,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     from PIL import Image
 
-    from equidiff import paper
+    from equidiff.worlds.imagenet import models as paper
 
     out = Path(args.out or tempfile.mkdtemp(prefix="paper_smoke_"))
     t0 = time.perf_counter()

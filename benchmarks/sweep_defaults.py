@@ -23,10 +23,13 @@ from pathlib import Path
 
 import torch
 
-from equidiff import filters, metrics, plots, zoo
-from equidiff.diffusion import PixelDDIMPrior
-from equidiff.invariants import InvariantConfig, find_invariants
-from equidiff.objectives import class_probability
+from equidiff.core import filters
+from equidiff.core import metrics
+from equidiff.report import figures as plots
+from equidiff.worlds.digits import models as zoo
+from equidiff.core.priors import PixelDDIMPrior
+from equidiff.core.invariants import InvariantConfig, find_invariants
+from equidiff.core.objectives import class_probability
 
 SETTINGS = [
     ("Adam, lr 0.1", dict(optimizer="adam", lr=0.1)),

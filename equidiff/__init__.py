@@ -7,7 +7,7 @@ import warnings as _warnings
 # are text bars (and off in the notebooks), so the widget is not needed.
 _warnings.filterwarnings("ignore", message="IProgress not found")
 
-from .objectives import Objective, from_function, logits, probabilities, class_logit, class_probability, lowpassed
-from .invariants import InvariantConfig, InvariantResult, IdentityPrior, find_invariants, iterate_invariants
+from equidiff.core.objectives import Objective, from_function, logits, probabilities, class_logit, class_probability, lowpassed
+from equidiff.core.invariants import InvariantConfig, InvariantResult, IdentityPrior, find_invariants, iterate_invariants
 
 __version__ = "0.1.0"

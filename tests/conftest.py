@@ -10,7 +10,7 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="session")
 def circles_model():
-    from equidiff import toy
+    from equidiff.worlds import circles as toy
 
     model, info = toy.load_classifier()
     return model, info

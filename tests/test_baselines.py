@@ -3,11 +3,12 @@
 import pytest
 import torch
 
-from equidiff import baselines as B
-from equidiff import filters, zoo
-from equidiff.diffusion import PixelDDIMPrior
-from equidiff.invariants import InvariantConfig
-from equidiff.objectives import from_function
+from equidiff.core import baselines as B
+from equidiff.core import filters
+from equidiff.worlds.digits import models as zoo
+from equidiff.core.priors import PixelDDIMPrior
+from equidiff.core.invariants import InvariantConfig
+from equidiff.core.objectives import from_function
 
 
 def _mean_objective():

@@ -14,7 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from equidiff import distributed, paper
+from equidiff.run import torchrun as distributed
+from equidiff.worlds.imagenet import models as paper
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from equidiff import filters as F
+from equidiff.core import filters as F
 
 
 def _wave(h, w, ky, kx):

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from equidiff import objectives as O
-from equidiff.invariants import IdentityPrior, InvariantConfig, find_invariants, iterate_invariants
+from equidiff.core import objectives as O
+from equidiff.core.invariants import IdentityPrior, InvariantConfig, find_invariants, iterate_invariants
 
 
 def _setup():
@@ -97,7 +97,7 @@ def test_lowpass_term_is_added():
     z0 = torch.randn(2, 1, 8, 8)
     plain = find_invariants(obj, q, None, InvariantConfig(n_samples=2, steps=0), z_init=z0)
     dual = find_invariants(obj, q, None, InvariantConfig(n_samples=2, steps=0, lowpass_cutoff=0.5), z_init=z0)
-    from equidiff.filters import lowpass
+    from equidiff.core.filters import lowpass
 
     extra = ((obj(lowpass(z0, 0.5)) - obj(q)) ** 2).sum(1)
     assert torch.allclose(dual.loss, plain.loss + extra, atol=1e-5)
@@ -137,8 +137,8 @@ def test_killed_process_resumes(tmp_path):
     script = textwrap.dedent(f"""
         import os, signal, sys, torch
         from torch import nn
-        from equidiff import objectives as O
-        from equidiff.invariants import InvariantConfig, find_invariants, iterate_invariants
+        from equidiff.core import objectives as O
+        from equidiff.core.invariants import InvariantConfig, find_invariants, iterate_invariants
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 2))
         obj, q = O.logits(model), torch.randn(1, 4)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from equidiff import metrics as M
+from equidiff.core import metrics as M
 
 
 def test_frechet_distance_zero_for_same_set_and_grows_with_shift():

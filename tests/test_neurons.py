@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from equidiff import neurons, zoo
+from equidiff.chapters import neurons
+from equidiff.worlds.digits import models as zoo
 
 
 def _blank():

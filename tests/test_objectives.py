@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from equidiff import objectives as O
+from equidiff.core import objectives as O
 
 
 def _model():

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from equidiff import outputs as O
-from equidiff import zoo
-from equidiff.invariants import InvariantConfig, InvariantResult
+from equidiff.chapters import classifier as O
+from equidiff.worlds.digits import models as zoo
+from equidiff.core.invariants import InvariantConfig, InvariantResult
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,9 @@ import torch
 from diffusers import DiTTransformer2DModel
 from PIL import Image
 
-from equidiff import paper
-from equidiff.invariants import InvariantConfig, find_invariants
-from equidiff.objectives import neuron_map
+from equidiff.worlds.imagenet import models as paper
+from equidiff.core.invariants import InvariantConfig, find_invariants
+from equidiff.core.objectives import neuron_map
 
 
 @pytest.fixture(scope="module")
@@ -369,7 +369,7 @@ def test_fid_code_path_with_a_stand_in_feature_model(tiny, tmp_path):
 
 
 def test_frechet_distance_matches_metrics_and_is_zero_on_itself():
-    from equidiff.metrics import frechet_distance
+    from equidiff.core.metrics import frechet_distance
 
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(200, 10)), rng.normal(size=(300, 10)) * 1.3 + 0.2
@@ -429,7 +429,7 @@ def test_paper_config_validation():
 
 def test_load_paper_models_takes_another_backbone(tiny):
     _, cfg = tiny
-    from equidiff.invariants import IdentityPrior
+    from equidiff.core.invariants import IdentityPrior
 
     other = IdentityPrior((3, 16, 16))  # any object with the Prior protocol (e.g. a LightningDiT wrapper)
     m = paper.load_paper_models(cfg, prior=other)

@@ -1,5 +1,5 @@
 """The chapters' notebooks (02, 03, 04) with profile="paper", run by papermill against tiny randomly initialised
-models of the paper classes (equidiff.paper.write_tiny_models) and a few query images written here:
+models of the paper classes (equidiff.worlds.imagenet.models.write_tiny_models) and a few query images written here:
 the same cells as the CPU profile, on the paper world's loaders. Their numbers mean nothing; the
 tests check that every figure is computed or is null with a reason."""
 
@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from equidiff import paper
+from equidiff.worlds.imagenet import models as paper
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -104,7 +104,9 @@ def test_bad_paper_parameter_stops_the_notebook_naming_it(world, tmp_path):
 
 
 def test_paper_parameters_are_checked(world, tmp_path):
-    from equidiff import neurons, outputs, sae
+    from equidiff.chapters import neurons
+    from equidiff.chapters import classifier as outputs
+    from equidiff.chapters import sae
 
     _, fields, images = world
     with pytest.raises(ValueError, match="query_images must be a folder of images or a list of image files "
@@ -143,7 +145,9 @@ def test_paper_parameters_are_checked(world, tmp_path):
 
 
 def test_profiles_accept_paper():
-    from equidiff import neurons, outputs, sae
+    from equidiff.chapters import neurons
+    from equidiff.chapters import classifier as outputs
+    from equidiff.chapters import sae
 
     assert neurons.resolve_profile("paper")["n_samples"] == 32
     assert outputs.resolve_profile("paper")["ddim_steps"] == 25
@@ -153,7 +157,7 @@ def test_profiles_accept_paper():
             mod.resolve_profile("gpu")
 
 
-# The per-feature fields of the digits world's metrics.json (equidiff.sae.run_feature): the paper profile
+# The per-feature fields of the digits world's metrics.json (equidiff.chapters.sae.run_feature): the paper profile
 # keeps every one, null with <field>_reason where it cannot be computed.
 SAE_FEATURE_FIELDS = (
     "feature", "concept", "selectivity", "firing_rate", "objective", "reduce", "m", "query_index", "query_label",
@@ -200,7 +204,7 @@ def test_sae_notebook_paper_profile(world, tmp_path):
 
 
 def test_sae_paper_world_errors_and_choices(world, tmp_path):
-    from equidiff import sae
+    from equidiff.chapters import sae
 
     _, fields, images = world
     # the ViT's weights are missing: the error names the model, where it looked and the fetch command

@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from equidiff import sae as S
-from equidiff import zoo
+from equidiff.chapters import sae as S
+from equidiff.worlds.digits import models as zoo
 
 LAYER = 1  # the tiny ViT has 2 blocks
 

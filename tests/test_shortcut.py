@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from equidiff import select as sel
-from equidiff import shortcut as sc
-from equidiff import zoo
+from equidiff.core import members as sel
+from equidiff.worlds.digits import shortcut as sc
+from equidiff.worlds.digits import models as zoo
 
 
 def test_world_validation():

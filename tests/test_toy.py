@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from equidiff import toy
+from equidiff.worlds import circles as toy
 
 
 def test_classifier_accuracy_and_probabilities_strictly_inside(circles_model):

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from equidiff import zoo
+from equidiff.worlds.digits import models as zoo
 
 TINY_DDPM = "digits-ddpm-tiny"
 TINY_CLF = "digits-classifier-tiny"
@@ -350,7 +350,7 @@ def test_vit_config_validation(kwargs, message):
 
 
 def test_vit_preset_trains_caches_and_exposes_the_residual_stream(tmp_path):
-    from equidiff.objectives import capture_activation
+    from equidiff.core.objectives import capture_activation
 
     vit = zoo.get_model("digits-vit-tiny", tmp_path, progress=False)
     assert vit.kind == "vit" and vit.trained_now and vit.scheduler is None

@@ -8,7 +8,7 @@ trained on the spot:
   64, 16 patch tokens of 4×4 pixels plus a class token). The SAE reads the residual stream after
   block ``layer`` — the output of ``vit.blocks[layer]``, shape ``(B, tokens, d_in)``; TransformerLens
   and Prisma call it ``blocks.{layer}.hook_resid_post``. It is collected with a forward hook that
-  lives only inside :func:`equidiff.objectives.capture_activation` (removed on exit, also when the
+  lives only inside :func:`equidiff.core.objectives.capture_activation` (removed on exit, also when the
   forward pass raises).
 * **The SAE** (:class:`SparseAutoencoder`) follows SAELens' and Prisma's conventions:
   ``encode(x) = act((x − b_dec) W_enc + b_enc)``, ``decode(f) = f W_dec + b_dec`` with ``W_enc``
@@ -23,7 +23,7 @@ trained on the spot:
 * **A feature's activation on an image** is, by default, its activation on the class token — the
   token the ViT classifies from (``reduce="cls"``; also ``"mean"`` or ``"max"`` over the tokens, or
   the whole per-token map ``"tokens"``). :func:`sae_feature` turns it into an
-  :class:`~equidiff.objectives.Objective`; :func:`sae_code` is the "full SAE code" variant (all
+  :class:`~equidiff.core.objectives.Objective`; :func:`sae_code` is the "full SAE code" variant (all
   ``d_sae`` features at once). Read on the class token, features are far more selective for the
   digit classes than averaged over the tokens: on the default SAE, of the features active on 5–50 %
   of the training digits, 9 of 72 have a selectivity above 0.9 on the class token, 0 of 48 averaged.
@@ -36,17 +36,17 @@ trained on the spot:
 
 :func:`run_feature` is Section 4.3's experiment for one feature: the query x* is the training
 image that activates it most; ``n_samples`` members of IS(x*) = {x : f(x) = f(x*)} come from
-:func:`equidiff.invariants.find_invariants` through the pixel DDIM prior; the digits classifier
+:func:`equidiff.core.invariants.find_invariants` through the pixel DDIM prior; the digits classifier
 labels the samples and the top-activating real images, to measure whether the samples "extend
 beyond the training examples' concept" as the thesis reports.
 
 **Paper scale** (``profile="paper"``, :func:`load_world`, :class:`SAEWorld`): a timm ViT with
-pretrained weights (:func:`equidiff.paper.load_vit`; default the CLIP ViT-B/32 of Prisma's CLIP SAEs),
+pretrained weights (:func:`equidiff.worlds.imagenet.models.load_vit`; default the CLIP ViT-B/32 of Prisma's CLIP SAEs),
 an SAE read by :func:`load_sae` from ``PaperConfig.sae_path`` on ``blocks.<L>.hook_resid_post``, the
 latent DiT prior and the user's query images. There are no labels: features are given or are the
 ones most active on the query images (:func:`choose_paper_features`); concept, selectivity and every
 figure of the judge classifier are None with a ``<field>_reason`` in metrics.json; FID is Inception's
-(:meth:`equidiff.paper.PaperModels.fid`), None with its reason when those weights are absent.
+(:meth:`equidiff.worlds.imagenet.models.PaperModels.fid`), None with its reason when those weights are absent.
 """
 
 from __future__ import annotations
@@ -65,9 +65,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import cache
-from ._validate import bad as _bad, is_int as _is_int, is_num as _is_num
-from .objectives import Objective, capture_activation, resolve_module
+from equidiff import cache
+from equidiff._validate import bad as _bad, is_int as _is_int, is_num as _is_num
+from equidiff.core.objectives import Objective, capture_activation, resolve_module
 
 __all__ = [
     "SAE_KINDS",
@@ -390,7 +390,7 @@ def block_name(layer: int) -> str:
 
 def _vit_body(vit: nn.Module) -> nn.Module:
     """The timm VisionTransformer itself: ``vit``, or the ``.model`` of an input wrapper
-    (:class:`equidiff.paper.ImageNetInput`, whose forward normalises [-1, 1] images first)."""
+    (:class:`equidiff.worlds.imagenet.models.ImageNetInput`, whose forward normalises [-1, 1] images first)."""
     if isinstance(vit, nn.Module) and getattr(vit, "blocks", None) is None and isinstance(
         getattr(vit, "model", None), nn.Module
     ):
@@ -498,7 +498,7 @@ class SAETrainConfig:
 
 def _training_tokens(vit: nn.Module, cfg: SAETrainConfig) -> torch.Tensor:
     """Tokens to train on: every token of ``cfg.views`` (shifted) copies of the training digits, (M, d_in)."""
-    from .zoo import load_digits16, shift_augment
+    from equidiff.worlds.digits.models import load_digits16, shift_augment
 
     images, _ = load_digits16("train")
     gen = torch.Generator().manual_seed(cfg.seed + 1)
@@ -518,7 +518,7 @@ def train_sae(vit: nn.Module, cfg: SAETrainConfig, *, progress: bool = False, vi
     ``b_enc = 0``. After every step the decoder rows are renormalised (their gradient's radial part
     removed first). All randomness from ``cfg.seed``.
     """
-    from .zoo import _Batches, _deterministic, _lr_lambda, _progress_bar
+    from equidiff.worlds.digits.models import _Batches, _deterministic, _lr_lambda, _progress_bar
 
     if not isinstance(cfg, SAETrainConfig):
         raise TypeError(f"cfg must be an SAETrainConfig, got {type(cfg).__name__}")
@@ -573,7 +573,7 @@ class TrainedSAE:
     """An SAE of this project with the ViT it reads, as loaded from (or written to) its cache folder."""
 
     sae: SparseAutoencoder
-    vit: object  # the equidiff.zoo.ZooModel of the ViT
+    vit: object  # the equidiff.worlds.digits.models.ZooModel of the ViT
     config: SAETrainConfig
     path: Path  # the cache folder (SAELens layout + equidiff.json)
     info: dict  # train_seconds, n_tokens, final_normalised_mse
@@ -593,7 +593,7 @@ def get_sae(cfg: Optional[SAETrainConfig] = None, cache_dir=None, *, train_if_mi
 
     The folder is written under a temporary name and renamed when complete.
     """
-    from .zoo import get_model
+    from equidiff.worlds.digits.models import get_model
 
     cfg = cfg or SAETrainConfig()
     if not isinstance(cfg, SAETrainConfig):
@@ -782,8 +782,8 @@ class FeatureTable:
 def feature_table(vit: nn.Module, layer: int, sae: SparseAutoencoder, images: torch.Tensor, labels,
                   reduce: str = "cls", batch: int = 256) -> FeatureTable:
     """Image-level activations of every feature on ``images`` and their firing rates and selectivities
-    for the digit classes and the stroke concepts of :func:`equidiff.neurons.concept_labels`."""
-    from .neurons import concept_labels
+    for the digit classes and the stroke concepts of :func:`equidiff.chapters.neurons.concept_labels`."""
+    from equidiff.chapters.neurons import concept_labels
 
     _check_images(images)
     if reduce == "tokens":
@@ -816,7 +816,7 @@ def select_features(table: FeatureTable, k: int = 2, concepts: Optional[Sequence
     """``k`` monosemantic features for ``k`` different concepts: among the features whose firing rate
     lies in [min_rate, max_rate] (neither almost dead nor firing on everything), greedily take the
     (feature, concept) pair of highest selectivity, then the next with a new concept and feature."""
-    from .neurons import concept_columns, greedy_distinct_pairs
+    from equidiff.chapters.neurons import concept_columns, greedy_distinct_pairs
 
     names, cols = concept_columns(table.concepts, concepts, k, "feature")
     if not _is_num(min_rate) or not _is_num(max_rate) or not (0 <= min_rate < max_rate <= 1):
@@ -835,7 +835,7 @@ def choose_features(table: FeatureTable, features="auto", concept_set: str = "di
     """The notebook's choice: ``"auto"`` = :func:`select_features` among ``concept_set`` (``"all"``,
     ``"digits"`` or ``"strokes"``); or a list of feature indices, each paired with the concept of
     ``concept_set`` it is most selective for."""
-    from .neurons import CONCEPT_SETS
+    from equidiff.chapters.neurons import CONCEPT_SETS
 
     if concept_set not in CONCEPT_SETS:
         raise _bad("concept_set", concept_set, f"one of {tuple(CONCEPT_SETS)}")
@@ -854,7 +854,7 @@ def choose_features(table: FeatureTable, features="auto", concept_set: str = "di
 
 def features_html(table: FeatureTable, chosen: Sequence[SelectedFeature]) -> str:
     """The chosen features as an HTML table: concept, selectivity, firing rate, top activation."""
-    from .neurons import html_table
+    from equidiff.chapters.neurons import html_table
 
     rows = []
     for s in chosen:
@@ -866,7 +866,7 @@ def features_html(table: FeatureTable, chosen: Sequence[SelectedFeature]) -> str
 
 
 def top_image_rows(table: FeatureTable, chosen: Sequence[SelectedFeature], n: int = 8) -> list[dict]:
-    """Rows for :func:`equidiff.plots.sae_top_images`: each feature's ``n`` top-activating images."""
+    """Rows for :func:`equidiff.report.figures.sae_top_images`: each feature's ``n`` top-activating images."""
     rows = []
     for s in chosen:
         idx, vals = table.top_activating(s.feature, n)
@@ -880,7 +880,7 @@ def top_image_rows(table: FeatureTable, chosen: Sequence[SelectedFeature], n: in
 def quality_report(vit: nn.Module, layer: int, sae: SparseAutoencoder) -> dict:
     """The SAE's quality on the digits: variance explained and mean L0 on every token of the 360 test
     images (held out from SAE training), dead-feature fraction over every token of the 1,437 training images."""
-    from .zoo import load_digits16
+    from equidiff.worlds.digits.models import load_digits16
 
     check_compatible(sae, vit, layer)
     test, _ = load_digits16("test")
@@ -896,7 +896,7 @@ def quality_report(vit: nn.Module, layer: int, sae: SparseAutoencoder) -> dict:
 
 def runs_html(runs: Sequence["FeatureRun"], tau: float) -> str:
     """One row per feature: selectivity, L2 (mean ± std), relative L2, success, labels of real vs samples."""
-    from .neurons import html_table
+    from equidiff.chapters.neurons import html_table
 
     rows = []
     for r in runs:
@@ -988,15 +988,15 @@ def run_feature(vit, layer: int, sae: SparseAutoencoder, classifier, ddpm, table
     4. metrics: per-sample L2 = Σ(L(x) − L(x*))² (the Algorithm 1 loss), success rate, and the
        digits classifier's labels of the samples and of the ``n_top`` top-activating real images.
 
-    ``vit``/``classifier``: modules or :class:`equidiff.zoo.ZooModel`; ``ddpm`` needs ``.model`` and
+    ``vit``/``classifier``: modules or :class:`equidiff.worlds.digits.models.ZooModel`; ``ddpm`` needs ``.model`` and
     ``.scheduler``. ``reduce`` defaults to the readout ``table`` was computed with.
     ``surrogate_gradient``: pass the gradient straight through the SAE's activation function, so a
     sample on which the feature is silent still moves (see :func:`encode_images`); every loss and
     success rate is measured on the exact activations.
     """
-    from .diffusion import PixelDDIMPrior
-    from .invariants import InvariantConfig, find_invariants
-    from .metrics import l1_l2
+    from equidiff.core.priors import PixelDDIMPrior
+    from equidiff.core.invariants import InvariantConfig, find_invariants
+    from equidiff.core.metrics import l1_l2
 
     vit_m = getattr(vit, "model", vit)
     clf = getattr(classifier, "model", classifier)
@@ -1132,8 +1132,8 @@ def _with_reasons(d: dict) -> dict:
 class PaperSAEInputs:
     """What the chapter's paper profile starts from: the prior, the ViT, its SAE and the user's images."""
 
-    models: object  # equidiff.paper.PaperModels: prior, config, device (classifier None: no judge here)
-    vit: nn.Module  # equidiff.paper.ImageNetInput around the timm ViT ([-1, 1] images in)
+    models: object  # equidiff.worlds.imagenet.models.PaperModels: prior, config, device (classifier None: no judge here)
+    vit: nn.Module  # equidiff.worlds.imagenet.models.ImageNetInput around the timm ViT ([-1, 1] images in)
     sae: SparseAutoencoder
     layer: int  # the SAE reads the residual stream after vit.blocks[layer]
     images: torch.Tensor  # (N, 3, S, S) in [-1, 1], S = config.image_size
@@ -1161,11 +1161,11 @@ def _paper_layer(sae: SparseAutoencoder, cfg, vit: nn.Module) -> int:
 def load_paper_sae(paper_config=None, query_images=None, *, batch_size=None, bf16=None, device=None,
                    ddim_steps=None) -> PaperSAEInputs:
     """Check the notebook's paper parameters and load, in this order (cheap checks first), the SAE
-    (``PaperConfig.sae_path``, :func:`load_sae`), the ViT (:func:`equidiff.paper.load_vit`), the
+    (``PaperConfig.sae_path``, :func:`load_sae`), the ViT (:func:`equidiff.worlds.imagenet.models.load_vit`), the
     latent DiT prior and the query images (resized and centre-cropped to ``image_size``). Nothing
     downloads unless the config's ``allow_download``; a missing model raises
-    :class:`equidiff.paper.ModelNotFoundError` naming it, where it looked and the fetch command."""
-    from .paper import (AutocastPrior, PaperModels, load_latent_prior, load_query_images, load_vit,
+    :class:`equidiff.worlds.imagenet.models.ModelNotFoundError` naming it, where it looked and the fetch command."""
+    from equidiff.worlds.imagenet.models import (AutocastPrior, PaperModels, load_latent_prior, load_query_images, load_vit,
                         paper_parameters, query_image_files, resolve_device)
 
     cfg = paper_parameters(paper_config, batch_size=batch_size, bf16=bf16, device=device, ddim_steps=ddim_steps)
@@ -1252,9 +1252,9 @@ def run_paper_feature(inputs: PaperSAEInputs, activations: torch.Tensor, selecte
     ``PaperConfig.batch_size``. Figures that need labels or a judge classifier are None with
     ``<field>_reason``; ``fid`` is the Inception FID against ``fid_reference`` (or the query images),
     None with ``fid_reason`` when Inception's weights are missing. ``ddim_steps`` must match the prior's."""
-    from .invariants import InvariantConfig
-    from .metrics import l1_l2
-    from .paper import autocast_objective, fid_against_reference
+    from equidiff.core.invariants import InvariantConfig
+    from equidiff.core.metrics import l1_l2
+    from equidiff.worlds.imagenet.models import autocast_objective, fid_against_reference
 
     models, cfg = inputs.models, inputs.config
     if objective not in ("feature", "code"):
@@ -1320,7 +1320,7 @@ def run_paper_feature(inputs: PaperSAEInputs, activations: torch.Tensor, selecte
 def _paper_feature_figure(runs: Sequence[FeatureRun], n_real: int = 8, cols: int = 8):
     """Figure 4.3 at paper scale: per feature, the top-activating query images (left) and the invariant
     samples with their loss (right; red frame: above τ). No labels: there is no judge classifier."""
-    from .plots import _frame_red, _img, _plt
+    from equidiff.report.figures import _frame_red, _img, _plt
 
     plt = _plt()
     real_cols = 4
@@ -1416,7 +1416,7 @@ class SAEWorld:
         """cpu: :func:`feature_table` over the training digits, then :func:`choose_features`; paper: the
         query images' activations, then :func:`choose_paper_features` (``concept_set`` is the digits')."""
         if not self.is_paper:
-            from .zoo import load_digits16
+            from equidiff.worlds.digits.models import load_digits16
 
             train_x, train_y = load_digits16("train")
             self.table = feature_table(self.vit.model, self.layer, self.sae, train_x, train_y, reduce=readout)
@@ -1430,7 +1430,7 @@ class SAEWorld:
     def features_html(self, chosen: Sequence[SelectedFeature]) -> str:
         if not self.is_paper:
             return features_html(self.table, chosen)
-        from .neurons import html_table
+        from equidiff.chapters.neurons import html_table
 
         rows = []
         for s in chosen:
@@ -1444,7 +1444,7 @@ class SAEWorld:
         return html_table(("Feature", "mean activation", "firing rate", "top activation", "top image"), rows, note)
 
     def top_images_figure(self, chosen: Sequence[SelectedFeature], n: int = 8):
-        from . import plots
+        from equidiff.report import figures as plots
 
         if not self.is_paper:
             return plots.sae_top_images(top_image_rows(self.table, chosen, n=n))
@@ -1473,7 +1473,7 @@ class SAEWorld:
     def runs_html(self, runs: Sequence[FeatureRun], tau: float) -> str:
         if not self.is_paper:
             return runs_html(runs, tau)
-        from .neurons import html_table
+        from equidiff.chapters.neurons import html_table
 
         f = lambda v, spec: "–" if v is None else format(v, spec)  # noqa: E731
         rows = [(f"#{r.feature}", f"{r.metrics['target_activation']:.3g}",
@@ -1489,13 +1489,13 @@ class SAEWorld:
                            "FID"), rows, note)
 
     def feature_figure(self, runs: Sequence[FeatureRun]):
-        from . import plots
+        from equidiff.report import figures as plots
 
         return _paper_feature_figure(runs) if self.is_paper else plots.sae_feature_figure(runs)
 
     def label_histograms(self, runs: Sequence[FeatureRun]):
-        """cpu: :func:`equidiff.plots.sae_label_histograms`; paper: None (no labels; :meth:`label_lines` says why)."""
-        from . import plots
+        """cpu: :func:`equidiff.report.figures.sae_label_histograms`; paper: None (no labels; :meth:`label_lines` says why)."""
+        from equidiff.report import figures as plots
 
         return None if self.is_paper else plots.sae_label_histograms(runs)
 
@@ -1540,8 +1540,8 @@ def load_world(profile: str = "cpu", *, vit_preset: str = "digits-vit", classifi
     its folder; the digits parameters are not used; ``ddim_steps``: the latent chain's T)."""
     resolve_profile(profile)
     if profile != "paper":
-        from .paper import reject_paper_parameters
-        from .zoo import get_model
+        from equidiff.worlds.imagenet.models import reject_paper_parameters
+        from equidiff.worlds.digits.models import get_model
 
         reject_paper_parameters(profile, paper_config=paper_config, query_images=query_images,
                                 batch_size=batch_size, bf16=bf16, device=device)

@@ -7,9 +7,9 @@ ship LightningDiT:
 
 * **prior** — :func:`load_latent_prior`: a latent ``DiTTransformer2DModel`` + ``AutoencoderKL``
   (default ``facebook/DiT-XL-2-256``) in a deterministic DDIM chain
-  (:class:`equidiff.diffusion.LatentDiTPrior`: unconditional through the null class, latent
+  (:class:`equidiff.core.priors.LatentDiTPrior`: unconditional through the null class, latent
   scaling and learned-sigma channels handled). Any other backbone plugs in by implementing the
-  :class:`equidiff.diffusion.Prior` protocol (``sample_latents(n, generator)`` and
+  :class:`equidiff.core.priors.Prior` protocol (``sample_latents(n, generator)`` and
   ``prior(z) -> x`` in [-1, 1]) and being passed as ``prior=`` to :func:`load_paper_models`.
 * **classifier** — :func:`load_classifier`: timm ``resnet50`` with pretrained weights, wrapped in
   :class:`ImageNetInput`, which maps the sampler's [-1, 1] images to the classifier's normalised
@@ -27,7 +27,7 @@ ship LightningDiT:
   ``PaperModels.sae`` to that module). The ViT it reads — :func:`load_vit`: a timm
   ``VisionTransformer`` (default ``vit_base_patch32_clip_224.datacompxl``, the CLIP ViT-B/32 of
   Prisma's CLIP SAEs) with its pretrained weights, wrapped in :class:`ImageNetInput` (CLIP's
-  normalisation, 256 → 224); the chapter's world is :func:`equidiff.sae.load_world`.
+  normalisation, 256 → 224); the chapter's world is :func:`equidiff.chapters.sae.load_world`.
 
 **Weights never download by default.** Every loader looks in the folder/file the user names,
 then in the local Hugging Face cache (``huggingface_hub``'s ``HF_HUB_CACHE``, or ``cache_dir``);
@@ -54,8 +54,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._validate import bad as _bad, is_int as _is_int
-from .objectives import Objective, neuron_map, resolve_module
+from equidiff._validate import bad as _bad, is_int as _is_int
+from equidiff.core.objectives import Objective, neuron_map, resolve_module
+from equidiff.core.metrics import FIDResult
 
 __all__ = [
     "PAPER_NEURONS",
@@ -315,7 +316,7 @@ def load_latent_prior(
     clamp: bool = False,
     device: Optional[Union[str, torch.device]] = None,
 ):
-    """A :class:`~equidiff.diffusion.LatentDiTPrior` over a DiT pipeline's transformer, VAE and scheduler.
+    """A :class:`~equidiff.core.priors.LatentDiTPrior` over a DiT pipeline's transformer, VAE and scheduler.
 
     ``model``: the Hub id (used for the cache and the error message); ``folder``: a local pipeline
     folder (``transformer/``, ``vae/``, ``scheduler/``, as ``hf download facebook/DiT-XL-2-256
@@ -327,7 +328,7 @@ def load_latent_prior(
     """
     from diffusers import AutoencoderKL, DDIMScheduler
 
-    from .diffusion import LatentDiTPrior
+    from equidiff.core.priors import LatentDiTPrior
 
     root = find_diffusers_folder(model, folder, cache_dir=cache_dir, allow_download=allow_download)
     transformer = _load_dit_transformer(root / "transformer")
@@ -657,13 +658,13 @@ def autocast_objective(objective: Objective, dtype: torch.dtype = torch.bfloat16
 
 
 def concat_results(results: Sequence, config=None):
-    """Concatenate :class:`~equidiff.invariants.InvariantResult` of disjoint sample batches.
+    """Concatenate :class:`~equidiff.core.invariants.InvariantResult` of disjoint sample batches.
 
     Samples are independent in Algorithm 1 (per-sample loss, element-wise optimiser, per-sample
     stop), so the pieces form one result. The per-step history is combined exactly: a finished
     batch keeps its final losses (frozen samples keep their loss) and has no active samples.
     """
-    from .invariants import InvariantResult
+    from equidiff.core.invariants import InvariantResult
 
     if not results:
         raise ValueError("results must hold at least one InvariantResult")
@@ -695,7 +696,7 @@ def concat_results(results: Sequence, config=None):
 
 
 def find_invariants_batched(objective, query, prior, config, batch_size: Optional[int] = None, **kwargs):
-    """:func:`~equidiff.invariants.find_invariants` in batches of at most ``batch_size`` samples.
+    """:func:`~equidiff.core.invariants.find_invariants` in batches of at most ``batch_size`` samples.
 
     All ``config.n_samples`` starting latents are drawn first from ``config.seed`` (the same
     draw as one unbatched call), then optimised ``batch_size`` at a time and concatenated
@@ -703,7 +704,7 @@ def find_invariants_batched(objective, query, prior, config, batch_size: Optiona
     drawn. ``repulsion`` couples samples, so it needs one batch. A ``checkpoint_path`` gets a
     ``.part<i>`` suffix per batch.
     """
-    from .invariants import find_invariants
+    from equidiff.core.invariants import find_invariants
 
     n = config.n_samples
     if batch_size is None or batch_size >= n:
@@ -729,31 +730,6 @@ def find_invariants_batched(objective, query, prior, config, batch_size: Optiona
 # --------------------------------------------------------------------------------------------
 # FID in Inception features (when its weights are on this machine)
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class FIDResult:
-    """An FID, or why it could not be computed (``value`` None and ``reason`` set: no fallback)."""
-
-    figure: str  # which figure this is, e.g. "Table 4.1 FID, neuron #1656"
-    value: Optional[float]  # the FID, None when not computed
-    reason: Optional[str] = None  # why it was not computed
-    features: str = ""  # the feature space (model and layer)
-    n_samples: int = 0
-    n_reference: int = 0
-    note: str = ""  # caveats, e.g. fewer samples than feature dimensions (a biased, rank-deficient estimate)
-
-    @property
-    def computed(self) -> bool:
-        return self.value is not None
-
-    def summary(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def __str__(self):
-        if self.computed:
-            return f"{self.figure}: FID = {self.value:.2f} ({self.features}, {self.n_samples} vs {self.n_reference})"
-        return f"{self.figure}: not computed — {self.reason}"
 
 
 def load_inception(
@@ -797,7 +773,7 @@ def _frechet(mu1, s1, mu2, s2) -> float:
     tr((s1 s2)^½) = Σ √λ_i(s1^½ s2 s1^½), from symmetric eigendecompositions (``eigh``, round-off
     negatives clipped to 0): real-valued and free of ``sqrtm``'s warnings when the covariances are
     singular (fewer samples than features, as at 32 samples); it agrees with
-    :func:`equidiff.metrics.frechet_distance` on the same features.
+    :func:`equidiff.core.metrics.frechet_distance` on the same features.
     """
     s1, s2 = np.asarray(s1, dtype=np.float64), np.asarray(s2, dtype=np.float64)
     w, v = np.linalg.eigh((s1 + s1.T) / 2)
@@ -1059,7 +1035,7 @@ def _write_tiny_vit_sae(folder: Path) -> None:
     import timm
     from safetensors.torch import save_file
 
-    from .sae import SparseAutoencoder
+    from equidiff.chapters.sae import SparseAutoencoder
 
     vit = timm.create_model(VIT_MODEL, pretrained=False, **TINY_VIT_KWARGS)
     save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, str(folder / "vit.safetensors"))
@@ -1197,7 +1173,7 @@ def fid_against_reference(models: PaperModels, samples: torch.Tensor, real: torc
 def digits_chapter_inputs(profile: str, **paper_params):
     """cpu/smoke worlds of the neuron and classifier chapters: the paper-only parameters must be None;
     returns the zoo's ``(classifier, ddpm, (train images, train labels), test images)``."""
-    from .zoo import get_model, load_digits16
+    from equidiff.worlds.digits.models import get_model, load_digits16
 
     reject_paper_parameters(profile, **paper_params)
     clf = get_model("digits-classifier", progress=False)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ._validate import bad as _bad, is_int as _is_int, is_num as _is_num
+from equidiff._validate import bad as _bad, is_int as _is_int, is_num as _is_num
 
 __all__ = ["nearest_distance", "Selection", "select_members", "precision_at_k", "random_precision", "features",
            "evaluate_selection", "member_pool", "circles_selection", "neuron_selection"]
@@ -46,13 +46,13 @@ def nearest_distance(points, reference, batch: int = 1024) -> np.ndarray:
 
 def features(x: torch.Tensor, space: str = "pixels", model=None) -> torch.Tensor:
     """(N, d) features of images or points ``x`` in ``space``: ``"pixels"`` (the values themselves) or
-    ``"classifier"`` (the penultimate features of ``model``, see :func:`equidiff.metrics.classifier_features`)."""
+    ``"classifier"`` (the penultimate features of ``model``, see :func:`equidiff.core.metrics.classifier_features`)."""
     if space == "pixels":
         return _as_2d("x", x)
     if space == "classifier":
         if model is None:
             raise _bad("model", None, "a classifier when space='classifier'")
-        from .metrics import classifier_features
+        from equidiff.core.metrics import classifier_features
 
         return classifier_features(getattr(model, "model", model), x)
     raise _bad("space", space, "'pixels' or 'classifier'")
@@ -162,7 +162,7 @@ def circles_selection(query, k: int, novelty_weight: float = 0.5, n: int = 256, 
     """The 2D chapter's setting: ``n`` invariant points of ``query`` under the circles MLP, and ``k``
     of them chosen against the MLP's training points. Returns ``model``, ``points`` (n, 2),
     ``train`` (M, 2) and ``selection`` (:class:`Selection`)."""
-    from . import toy
+    from equidiff.worlds import circles as toy
 
     model, _ = toy.load_classifier()
     cfg = toy.CirclesConfig()
@@ -175,14 +175,14 @@ def circles_selection(query, k: int, novelty_weight: float = 0.5, n: int = 256, 
 def neuron_selection(profile: str, neuron: int, k: int, novelty_weight: float = 0.5, *, n_samples: int = 24,
                      steps: int = 200, ddim_steps: int = 10, tau: float = 0.01, seed: int = 0) -> dict:
     """The neuron chapter's setting: invariant samples of one channel of the digits classifier
-    (:func:`equidiff.neurons.run_neuron`, L-BFGS) and ``k`` of them chosen against the training digits.
+    (:func:`equidiff.chapters.neurons.run_neuron`, L-BFGS) and ``k`` of them chosen against the training digits.
 
     Returns ``x`` (the pool: members, or all samples when fewer than k converged), ``note`` (which),
     ``selection``, ``rest`` (up to k pool members not selected), ``predicted`` (the classifier's class
     per pool member) and ``n_members`` / ``n_samples``.
     """
-    from . import neurons as eqn
-    from .zoo import get_model, load_digits16
+    from equidiff.chapters import neurons as eqn
+    from equidiff.worlds.digits.models import get_model, load_digits16
 
     names = {"cpu": ("digits-classifier", "digits-ddpm"), "smoke": ("digits-classifier-tiny", "digits-ddpm-tiny")}
     if profile not in names:

@@ -26,7 +26,7 @@ def save(fig, path) -> str:
 
 
 def _grid(model, box, res=200):
-    from .toy import probability_of
+    from equidiff.worlds.circles import probability_of
 
     g = np.linspace(-box, box, res, dtype=np.float32)
     gx, gy = np.meshgrid(g, g)
@@ -196,7 +196,7 @@ def neuron_activation_figure(runs: Sequence):
     target; the top activation boxed), and every generated sample's 16 values against the
     query's (identity line: perfect invariance).
 
-    ``runs``: :class:`equidiff.neurons.NeuronRun` objects.
+    ``runs``: :class:`equidiff.chapters.neurons.NeuronRun` objects.
     """
     plt = _plt()
     n = len(runs)
@@ -315,7 +315,7 @@ def sae_feature_figure(runs: Sequence, n_real: int = 16, cols: int = 8):
     measured loss L2 = Σ(L(x) − L(x*))² and the digits classifier's label ("?": confidence below
     the threshold, not clearly a digit). Red frames: samples still above τ when the budget ran out.
 
-    ``runs``: :class:`equidiff.sae.FeatureRun` objects.
+    ``runs``: :class:`equidiff.chapters.sae.FeatureRun` objects.
     """
     plt = _plt()
     real_cols = 4
@@ -410,7 +410,7 @@ def classifier_spectra_figure(query, blocks: Sequence[dict], n: int = 7):
     ``blocks``: dicts with ``title``, ``x`` (N, 1, H, W) in [-1, 1], ``captions`` (N strings
     shown above the samples) and optionally ``ok`` (N bools; False: framed in red).
     """
-    from .filters import log_magnitude_spectrum
+    from equidiff.core.filters import log_magnitude_spectrum
 
     plt = _plt()
     specs = [log_magnitude_spectrum(query)] + [log_magnitude_spectrum(b["x"][:n]) for b in blocks]
@@ -449,7 +449,7 @@ def method_comparison_figure(query, panels: dict, cols: int = 8):
     ``rows``: dicts with ``label``, ``x`` (N, 1, H, W), ``ok`` (N bools) and ``note`` (a short
     string shown under the label).
     """
-    from .filters import log_magnitude_spectrum
+    from equidiff.core.filters import log_magnitude_spectrum
 
     plt = _plt()
     titles = list(panels)
@@ -496,7 +496,7 @@ def cutoff_curve_figure(curves: dict, titles: dict | None = None, labels: dict |
     deviation for EquiDiff); grey band: real digits of the query's class, each against its own
     unfiltered probability.
 
-    ``curves``: ``{key: equidiff.outputs.cutoff_curves(...)}``; ``titles``: panel titles per key;
+    ``curves``: ``{key: equidiff.chapters.classifier.cutoff_curves(...)}``; ``titles``: panel titles per key;
     ``labels``: legend label per method name.
     """
     plt = _plt()

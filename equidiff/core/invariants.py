@@ -24,9 +24,9 @@ from typing import Callable, Iterator, Optional
 
 import torch
 
-from ._validate import bad as _bad, is_int as _is_int, is_num as _is_num
-from .lbfgs import BatchedLBFGS
-from .objectives import Objective
+from equidiff._validate import bad as _bad, is_int as _is_int, is_num as _is_num
+from equidiff.core.lbfgs import BatchedLBFGS
+from equidiff.core.objectives import Objective
 
 __all__ = [
     "InvariantConfig",
@@ -302,7 +302,7 @@ def iterate_invariants(
     if prior is None:
         prior = IdentityPrior(query.shape[1:])
     if filter is None and cfg.lowpass_cutoff is not None:
-        from .filters import lowpass
+        from equidiff.core.filters import lowpass
 
         cutoff = cfg.lowpass_cutoff
         filter = lambda x: lowpass(x, cutoff)  # noqa: E731

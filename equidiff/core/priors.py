@@ -3,7 +3,7 @@
 A *prior* is the map from a starting noise ``z_T`` to an image ``x`` that thesis Algorithm 1
 optimises through (lines 9-14: reset to ``z_T``, run the checkpointed denoising loop, decode).
 Any object with the two methods of :class:`Prior` works with
-:func:`equidiff.invariants.find_invariants`:
+:func:`equidiff.core.invariants.find_invariants`:
 
 * ``sample_latents(n, generator, device=None)`` draws ``n`` starting latents ``z_T ~ N(0, I)``;
 * ``prior(z)`` maps them to images, differentiably in ``z``.
@@ -39,7 +39,7 @@ from typing import Optional, Protocol, runtime_checkable
 
 import torch
 
-from ._validate import is_int as _is_int
+from equidiff._validate import is_int as _is_int
 from torch.utils.checkpoint import checkpoint
 
 __all__ = ["Prior", "PixelDDIMPrior", "LatentDiTPrior"]
@@ -47,7 +47,7 @@ __all__ = ["Prior", "PixelDDIMPrior", "LatentDiTPrior"]
 
 @runtime_checkable
 class Prior(Protocol):
-    """What :func:`~equidiff.invariants.find_invariants` needs from a prior ``z_T -> x``."""
+    """What :func:`~equidiff.core.invariants.find_invariants` needs from a prior ``z_T -> x``."""
 
     def sample_latents(
         self, n: int, generator: torch.Generator, device: Optional[torch.device] = None

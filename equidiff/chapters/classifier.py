@@ -35,7 +35,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ._validate import bad as _bad, is_int as _is_int, is_num as _is_num
+from equidiff._validate import bad as _bad, is_int as _is_int, is_num as _is_num
 
 __all__ = [
     "MODES",
@@ -153,16 +153,16 @@ class Query:
 
 
 def _unwrap(classifier):
-    """The module to call: a ZooModel's ``.model``; a paper :class:`~equidiff.paper.ImageNetInput` as it is
+    """The module to call: a ZooModel's ``.model``; a paper :class:`~equidiff.worlds.imagenet.models.ImageNetInput` as it is
     (its ``.model`` would skip the ImageNet normalisation)."""
-    from .paper import ImageNetInput
+    from equidiff.worlds.imagenet.models import ImageNetInput
 
     return classifier if isinstance(classifier, ImageNetInput) else getattr(classifier, "model", classifier)
 
 
 def load_query(classifier, index: int, split: str = "test") -> Query:
     """Query number ``index`` of the digits ``split`` and the classifier's output distribution for it."""
-    from .zoo import load_digits16
+    from equidiff.worlds.digits.models import load_digits16
 
     images, labels = load_digits16(split)
     if not _is_int(index) or not (0 <= index < len(images)):
@@ -176,8 +176,8 @@ def load_query(classifier, index: int, split: str = "test") -> Query:
 
 def make_objective(classifier, mode: str, label: int):
     """The constraint of ``mode``: p_y (B, 1) for ``"class_probability"``, p (B, 10) for ``"distribution"``."""
-    from .objectives import class_probability, probabilities
-    from .paper import ImageNetInput
+    from equidiff.core.objectives import class_probability, probabilities
+    from equidiff.worlds.imagenet.models import ImageNetInput
 
     paper = isinstance(classifier, ImageNetInput)  # paper profile: the wrapper is the classifier
     clf = _unwrap(classifier)
@@ -241,11 +241,11 @@ def run_methods(
     step ``guidance_scale`` and the same loss. ``keep_norm`` applies to the EquiDiff runs only
     (it keeps |z_T| at its drawn size, a property of Gaussian starting noise). ``prior``: another
     prior instead of the DDPM's (paper profile: the latent DiT; ``ddpm`` unused), its samples
-    optimised ``batch_size`` at a time (:func:`equidiff.paper.find_invariants_batched`).
+    optimised ``batch_size`` at a time (:func:`equidiff.worlds.imagenet.models.find_invariants_batched`).
     """
-    from .baselines import GuidanceConfig, guided_sampling, pixel_invariants
-    from .diffusion import PixelDDIMPrior
-    from .invariants import InvariantConfig, find_invariants
+    from equidiff.core.baselines import GuidanceConfig, guided_sampling, pixel_invariants
+    from equidiff.core.priors import PixelDDIMPrior
+    from equidiff.core.invariants import InvariantConfig, find_invariants
 
     methods = resolve_methods(list(methods))
     if mode not in MODES:
@@ -266,7 +266,7 @@ def run_methods(
         if "guidance" in methods:
             raise _bad("methods", methods, f"names among {PAPER_METHODS} with the latent prior (guidance steers a "
                                            "pixel-space DDIM chain)")
-        from .paper import find_invariants_batched
+        from equidiff.worlds.imagenet.models import find_invariants_batched
 
         def find(objective, query, prior, config):
             return find_invariants_batched(objective, query, prior, config, batch_size)
@@ -316,8 +316,8 @@ def method_row(run: MethodRun, classifier, query: Query, real_images: torch.Tens
     the query's predicted class; seconds: the method's own wall time. ``fid``: another FID, a
     callable ``x -> FIDResult`` (paper profile: Inception features; ``fid_reason`` says why one is None).
     """
-    from .filters import high_frequency_share, lowpass
-    from .metrics import classifier_features, diversity, feature_fid, kl_divergence
+    from equidiff.core.filters import high_frequency_share, lowpass
+    from equidiff.core.metrics import classifier_features, diversity, feature_fid, kl_divergence
 
     clf = _unwrap(classifier)
     objective = make_objective(clf, run.mode, query.label)
@@ -365,8 +365,8 @@ def reference_row(classifier, query: Query, train_images: torch.Tensor, train_la
     fid: n random training digits against the test digits — the floor this sample size allows;
     diversity: n training digits of the query's class; high_freq_share: all test digits.
     """
-    from .filters import high_frequency_share
-    from .metrics import classifier_features, diversity, feature_fid
+    from equidiff.core.filters import high_frequency_share
+    from equidiff.core.metrics import classifier_features, diversity, feature_fid
 
     clf = _unwrap(classifier)
     gen = torch.Generator().manual_seed(seed)
@@ -391,7 +391,7 @@ def cutoff_curves(classifier, query: Query, runs: dict, real_same_class: torch.T
     samples; ``real_same_class``: real digits of the query's class, each against its *own*
     unfiltered probability |p_y(F_c(x)) − p_y(x)| (where real digits carry the signal).
     """
-    from .filters import cutoff_sweep
+    from equidiff.core.filters import cutoff_sweep
 
     clf = _unwrap(classifier)
     y = query.label
@@ -429,9 +429,9 @@ def _member(run: MethodRun, classifier, query: Query, tau: float) -> torch.Tenso
 
 
 def spectra_block(run: MethodRun, classifier, query: Query, tau: float, title: str | None = None) -> dict:
-    """A block of :func:`equidiff.plots.classifier_spectra_figure`: the samples, captioned with
+    """A block of :func:`equidiff.report.figures.classifier_spectra_figure`: the samples, captioned with
     p_y(x) (and, for the distribution, KL(p(x*) ‖ p(x))), red-framed when outside IS(x*) at τ."""
-    from .metrics import kl_divergence
+    from equidiff.core.metrics import kl_divergence
 
     clf = _unwrap(classifier)
     p = _probs(clf, run.x)
@@ -448,7 +448,7 @@ def spectra_block(run: MethodRun, classifier, query: Query, tau: float, title: s
 
 
 def comparison_rows(runs: dict, classifier, query: Query, tau: float) -> list[dict]:
-    """Rows of :func:`equidiff.plots.method_comparison_figure`, one per method."""
+    """Rows of :func:`equidiff.report.figures.method_comparison_figure`, one per method."""
     out = []
     for run in runs.values():
         ok = _member(run, classifier, query, tau)
@@ -529,7 +529,7 @@ class ClassifierWorld:
     runs the same cells in every profile. cpu/smoke: the digits ResNet and DDPM, query
     ``query_index`` of the test split, real digits for reference (the chapter's calls as they always
     were); paper: ResNet-50 (ImageNet normalisation included), the latent DiT, query ``query_index``
-    of the user's images (:func:`equidiff.paper.load_paper_inputs`), Inception FID."""
+    of the user's images (:func:`equidiff.worlds.imagenet.models.load_paper_inputs`), Inception FID."""
 
     def __init__(self, profile: str, query: Query, classifier, *, ddpm=None, train=None, test_images=None,
                  paper=None):
@@ -563,7 +563,7 @@ class ClassifierWorld:
         """:func:`evaluate`; paper: FID in Inception features (None with ``fid_reason`` without its weights)."""
         if not self.is_paper:
             return evaluate(runs, self.classifier, self.query, self.test_images, tau=tau, lowpass_cutoff=lowpass_cutoff)
-        from .paper import fid_against_reference
+        from equidiff.worlds.imagenet.models import fid_against_reference
 
         rows = []
         for run in runs.values():
@@ -579,8 +579,8 @@ class ClassifierWorld:
         classifier puts in the query's class; no FID floor: there are no held-out real images)."""
         if not self.is_paper:
             return reference_row(self.classifier, self.query, *self.train, self.test_images, n, seed)
-        from .filters import high_frequency_share
-        from .metrics import classifier_features, diversity
+        from equidiff.core.filters import high_frequency_share
+        from equidiff.core.metrics import classifier_features, diversity
 
         same = self.real_same_class()
         return {"name": "real_images", "label": "query images (reference)", "n": int(len(self.paper.images)),
@@ -608,16 +608,16 @@ class ClassifierWorld:
 def load_world(profile: str = "cpu", query_index: int = 0, *, paper_config=None, query_images=None,
                batch_size=None, bf16=None, device=None, ddim_steps=None) -> ClassifierWorld:
     """The chapter's world for ``profile``: cpu/smoke: the zoo's digits models and query ``query_index`` of
-    the test split (the paper parameters must stay None); paper: :func:`equidiff.paper.load_paper_inputs`,
+    the test split (the paper parameters must stay None); paper: :func:`equidiff.worlds.imagenet.models.load_paper_inputs`,
     query ``query_index`` of the user's images (sorted by file name)."""
     resolve_profile(profile)
     if profile != "paper":
-        from .paper import digits_chapter_inputs
+        from equidiff.worlds.imagenet.models import digits_chapter_inputs
 
         clf, ddpm, train, test_x = digits_chapter_inputs(profile, paper_config=paper_config, query_images=query_images,
                                                          batch_size=batch_size, bf16=bf16, device=device)
         return ClassifierWorld(profile, load_query(clf, query_index), clf, ddpm=ddpm, train=train, test_images=test_x)
-    from .paper import load_paper_inputs, predict_classes
+    from equidiff.worlds.imagenet.models import load_paper_inputs, predict_classes
 
     inputs = load_paper_inputs(paper_config, query_images, batch_size=batch_size, bf16=bf16, device=device,
                                ddim_steps=ddim_steps)

@@ -8,7 +8,7 @@ right answer is known:
   corner, which accompanies one class (``shortcut_class``) in most training images
   (``marker_rate``) and the other classes rarely (``other_rate``). The corner is empty in the
   real digits (mean ink below 0.03 there), so the marker never hides a stroke.
-* Three models trained on it (deterministically, cached through :func:`equidiff.zoo.load_or_train`):
+* Three models trained on it (deterministically, cached through :func:`equidiff.worlds.digits.models.load_or_train`):
   the diffusion prior (so marked images are on the prior's manifold), the *shortcut* classifier
   and a *control* classifier trained on the same images with the markers shuffled across all
   classes (same number of markers, no correlation with the label). A *judge* trained on
@@ -28,7 +28,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from ._validate import bad as _bad, is_int as _is_int, is_num as _is_num
+from equidiff._validate import bad as _bad, is_int as _is_int, is_num as _is_num
 
 __all__ = [
     "ShortcutWorld",
@@ -117,7 +117,7 @@ def marked_split(world: ShortcutWorld, split: str = "train", variant: str = "sho
     * ``"swapped"`` — the marker on every image *not* of the shortcut class and on none of it
       (the worst case for a classifier that reads the marker instead of the digit).
     """
-    from .zoo import load_digits16
+    from equidiff.worlds.digits.models import load_digits16
 
     if variant not in VARIANTS:
         raise _bad("variant", variant, f"one of {VARIANTS}")
@@ -159,7 +159,7 @@ class ShortcutModels:
 
 def get_models(world: ShortcutWorld, profile: str = "cpu", cache_dir=None, progress: bool = True) -> ShortcutModels:
     """Train (first call, deterministic) or load the world's prior, shortcut, control and judge models."""
-    from .zoo import PRESETS, get_model, load_or_train
+    from equidiff.worlds.digits.models import PRESETS, get_model, load_or_train
 
     if profile not in MODEL_PROFILES:
         raise _bad("profile", profile, f"one of {tuple(MODEL_PROFILES)}")
@@ -211,7 +211,7 @@ def marked_queries(model, world: ShortcutWorld, n: int, split: str = "test") -> 
 
     Returns ``(images (n, 1, 16, 16), indices in the split)``.
     """
-    from .zoo import load_digits16
+    from equidiff.worlds.digits.models import load_digits16
 
     images, labels = load_digits16(split)
     idx = torch.nonzero(labels == world.shortcut_class).flatten()
@@ -287,9 +287,9 @@ def detect(classifier, models: ShortcutModels, queries: torch.Tensor, *, name: s
     """
     import time
 
-    from .diffusion import PixelDDIMPrior
-    from .invariants import InvariantConfig, find_invariants
-    from .objectives import class_probability
+    from equidiff.core.priors import PixelDDIMPrior
+    from equidiff.core.invariants import InvariantConfig, find_invariants
+    from equidiff.core.objectives import class_probability
 
     world = models.world
     clf = getattr(classifier, "model", classifier)

@@ -68,8 +68,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._validate import bad as _bad, is_int as _is_int, is_num as _is_num
-from . import cache
+from equidiff._validate import bad as _bad, is_int as _is_int, is_num as _is_num
+from equidiff import cache
 
 __all__ = [
     "IMAGE_SIZE",

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+from dataclasses import dataclass
+from typing import Optional
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +22,7 @@ __all__ = [
     "frechet_distance",
     "feature_fid",
     "diversity",
+    "FIDResult",
 ]
 
 
@@ -103,3 +107,28 @@ def write_metrics(output_dir, metrics: dict, name: str = "metrics.json") -> Path
 
 def read_metrics(output_dir, name: str = "metrics.json") -> dict:
     return json.loads((Path(output_dir) / name).read_text())
+
+
+@dataclass
+class FIDResult:
+    """An FID, or why it could not be computed (``value`` None and ``reason`` set: no fallback)."""
+
+    figure: str  # which figure this is, e.g. "Table 4.1 FID, neuron #1656"
+    value: Optional[float]  # the FID, None when not computed
+    reason: Optional[str] = None  # why it was not computed
+    features: str = ""  # the feature space (model and layer)
+    n_samples: int = 0
+    n_reference: int = 0
+    note: str = ""  # caveats, e.g. fewer samples than feature dimensions (a biased, rank-deficient estimate)
+
+    @property
+    def computed(self) -> bool:
+        return self.value is not None
+
+    def summary(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def __str__(self):
+        if self.computed:
+            return f"{self.figure}: FID = {self.value:.2f} ({self.features}, {self.n_samples} vs {self.n_reference})"
+        return f"{self.figure}: not computed — {self.reason}"

@@ -17,7 +17,7 @@ with it in the classifier chapter (Section 4.4), on the same objective, query, �
     first), inverse FFT (orthonormal), divided by 4, then squashed the same way
     (Lucent's ``fft_image``).
 
-  Both are "priors" in the sense of :func:`equidiff.invariants.find_invariants` (``z -> x``
+  Both are "priors" in the sense of :func:`equidiff.core.invariants.find_invariants` (``z -> x``
   plus ``sample_latents``), so they run through *exactly* the loop EquiDiff runs — same loss
   (including the low-pass term), optimiser, τ, budget and early stop. Only the map z -> x
   differs: that isolates what the diffusion prior contributes.
@@ -46,9 +46,9 @@ from typing import Callable, Optional
 
 import torch
 
-from ._validate import bad as _bad, is_int as _is_int, is_num as _is_num
-from .invariants import InvariantConfig, InvariantResult, find_invariants
-from .objectives import Objective
+from equidiff._validate import bad as _bad, is_int as _is_int, is_num as _is_num
+from equidiff.core.invariants import InvariantConfig, InvariantResult, find_invariants
+from equidiff.core.objectives import Objective
 
 __all__ = [
     "PixelPrior",
@@ -214,7 +214,7 @@ def invariant_loss(objective, x: torch.Tensor, target: torch.Tensor, lowpass_cut
 
     loss = sq(objective(x))
     if lowpass_cutoff is not None:
-        from .filters import lowpass
+        from equidiff.core.filters import lowpass
 
         loss = loss + sq(objective(lowpass(x, lowpass_cutoff)))
     return loss
@@ -266,7 +266,7 @@ def guided_sampling(
     z_init: torch.Tensor | None = None,
     target: torch.Tensor | None = None,
 ) -> InvariantResult:
-    """One guided pass of the deterministic DDIM chain of ``prior`` (a :class:`~equidiff.diffusion.PixelDDIMPrior`).
+    """One guided pass of the deterministic DDIM chain of ``prior`` (a :class:`~equidiff.core.priors.PixelDDIMPrior`).
 
     At every DDIM step t (the visible diffusers loop): ε = ε_θ(x_t, t); the scheduler's step gives
     x'_{t−1} and the predicted clean image x̂_0 (clipped as the scheduler is configured); the

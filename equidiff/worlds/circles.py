@@ -23,10 +23,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import cache
-from .diffusion import _DDIMChain
-from .invariants import IdentityPrior, InvariantConfig, InvariantResult, find_invariants
-from .objectives import Objective, class_logit
+from equidiff import cache
+from equidiff.core.priors import _DDIMChain
+from equidiff.core.invariants import IdentityPrior, InvariantConfig, InvariantResult, find_invariants
+from equidiff.core.objectives import Objective, class_logit
 
 __all__ = [
     "CirclesConfig",
@@ -335,7 +335,7 @@ def train_prior(cfg: ToyPriorConfig = ToyPriorConfig(), progress: bool = False):
 class ToyDDIMPrior(_DDIMChain):
     """Deterministic DDIM map z_T -> x (η = 0) over the 2D denoiser.
 
-    The same machinery as :class:`equidiff.diffusion.PixelDDIMPrior` (diffusers' DDIMScheduler
+    The same machinery as :class:`equidiff.core.priors.PixelDDIMPrior` (diffusers' DDIMScheduler
     built from the training scheduler's config, visible step loop), with 2D points for latents
     and no clamping (the plane extends beyond [-1, 1]).
     """

@@ -22,7 +22,7 @@ an alignment that needs neither:
 :func:`run_neuron` is the protocol of Section 4.2.2 for one neuron: the query x* is the image
 that activates the channel most strongly; the objective is the channel's whole 4×4 pre-activation
 map (16 values, the analogue of the thesis' 7×7 = 49 "logits"); ``n_samples`` invariant samples
-come from :func:`equidiff.invariants.find_invariants` through the pixel DDIM prior; the returned
+come from :func:`equidiff.core.invariants.find_invariants` through the pixel DDIM prior; the returned
 metrics are those of Table 4.1 plus diversity and the classifier's reading of the samples.
 """
 
@@ -38,9 +38,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._validate import bad as _bad
-from .objectives import capture_activation, neuron_map, resolve_module
-from .progress import ProgressLine
+from equidiff._validate import bad as _bad
+from equidiff.core.objectives import capture_activation, neuron_map, resolve_module
+from equidiff.report.progress import ProgressLine
 
 __all__ = [
     "LAYER",
@@ -339,7 +339,7 @@ def top_activating(table: AlignmentTable, channel: int, n: int = 8) -> tuple[tor
 
 
 def top_image_rows(table: AlignmentTable, chosen, n: int = 8) -> list[dict]:
-    """Rows for :func:`equidiff.plots.neuron_top_images`: each neuron's ``n`` top-activating images."""
+    """Rows for :func:`equidiff.report.figures.neuron_top_images`: each neuron's ``n`` top-activating images."""
     rows = []
     for s in chosen:
         idx, vals = top_activating(table, s.channel, n)
@@ -372,7 +372,7 @@ def alignment_html(table: AlignmentTable) -> str:
 
 def resolve_profile(profile: str) -> dict:
     """Defaults of a profile: ``"cpu"``/``"smoke"`` (the digits world) or ``"paper"`` (ResNet-50 + latent DiT,
-    :func:`run_paper_neuron`; its neurons are :attr:`equidiff.paper.PaperConfig.neurons`)."""
+    :func:`run_paper_neuron`; its neurons are :attr:`equidiff.worlds.imagenet.models.PaperConfig.neurons`)."""
     if profile == "paper":
         return dict(PAPER_PROFILE)
     if profile not in PROFILES:
@@ -403,7 +403,7 @@ class NeuronRun:
 def _run_settings(profile: str, *, n_samples=None, steps=None, ddim_steps=None, tau=0.01, optimizer="lbfgs",
                   lr=1.0, seed=0, restart_after=None):
     """The checked settings of :func:`run_neuron`: ``(InvariantConfig, ddim_steps)``, profile defaults filled in."""
-    from .invariants import InvariantConfig
+    from equidiff.core.invariants import InvariantConfig
 
     if profile == "paper":
         raise ValueError("run_neuron runs the digits world; profile 'paper' runs through "
@@ -454,14 +454,14 @@ def run_neuron(
        L1 = Σ|·|, the FID in the digits classifier's feature space against ``real_images``, and
        diversity (mean pairwise distance of the samples in that feature space).
 
-    ``classifier`` and ``ddpm`` are :class:`equidiff.zoo.ZooModel` (or the bare modules; the
+    ``classifier`` and ``ddpm`` are :class:`equidiff.worlds.digits.models.ZooModel` (or the bare modules; the
     ddpm needs ``.model`` and ``.scheduler``). Profile defaults fill ``n_samples``, ``steps``
     and ``ddim_steps`` when they are None. ``on_step``, if given, is called with every
-    :class:`equidiff.invariants.StepState` (progress reports).
+    :class:`equidiff.core.invariants.StepState` (progress reports).
     """
-    from .diffusion import PixelDDIMPrior
-    from .invariants import iterate_invariants
-    from .metrics import classifier_features, diversity, feature_fid, l1_l2
+    from equidiff.core.priors import PixelDDIMPrior
+    from equidiff.core.invariants import iterate_invariants
+    from equidiff.core.metrics import classifier_features, diversity, feature_fid, l1_l2
 
     cfg, ddim_steps = _run_settings(profile, n_samples=n_samples, steps=steps, ddim_steps=ddim_steps, tau=tau,
                                     optimizer=optimizer, lr=lr, seed=seed, restart_after=restart_after)
@@ -608,7 +608,7 @@ class NeuronWorld:
     """The chapter's models and images behind one interface, so the notebook runs the same cells in
     every profile. ``"cpu"``/``"smoke"``: the digits ResNet, the digits DDPM and the alignment table
     over the training digits (exactly the calls the chapter always made); ``"paper"``: ResNet-50, the
-    latent DiT and the user's query images (:func:`equidiff.paper.load_paper_inputs`)."""
+    latent DiT and the user's query images (:func:`equidiff.worlds.imagenet.models.load_paper_inputs`)."""
 
     def __init__(self, profile: str, *, classifier=None, ddpm=None, table=None, real_images=None, paper=None):
         self.profile = profile
@@ -671,7 +671,7 @@ class NeuronWorld:
         return out
 
     def top_image_rows(self, chosen, n: int = 8) -> list[dict]:
-        """Rows of :func:`equidiff.plots.neuron_top_images` (paper: the top query images, labelled with
+        """Rows of :func:`equidiff.report.figures.neuron_top_images` (paper: the top query images, labelled with
         the classifier's ImageNet class)."""
         if not self.is_paper:
             return top_image_rows(self.table, chosen, n)
@@ -758,7 +758,7 @@ _WORKER: dict = {}  # in a worker process: the world's parts and the progress qu
 def _portable(model):
     """What a worker needs to rebuild ``model``: a cached zoo model travels as its folder (reloaded
     there, bit-identical to this process's copy); anything else is pickled."""
-    from .zoo import ZooModel
+    from equidiff.worlds.digits.models import ZooModel
 
     if isinstance(model, ZooModel) and (Path(model.path) / "config.json").exists():
         return ("zoo", dataclasses.replace(model, model=None, scheduler=None))  # the folder, not the weights
@@ -766,7 +766,7 @@ def _portable(model):
 
 
 def _unportable(packed):
-    from .zoo import reload
+    from equidiff.worlds.digits.models import reload
 
     kind, model = packed
     return reload(model) if kind == "zoo" else model
@@ -827,18 +827,18 @@ def _run_in_workers(world: NeuronWorld, chosen: list, n_workers: int, kwargs: di
 def load_world(profile: str = "cpu", *, paper_config=None, query_images=None, batch_size=None, bf16=None,
                device=None, ddim_steps=None) -> NeuronWorld:
     """The chapter's world for ``profile``. cpu/smoke: the zoo's digits models and data (the paper
-    parameters must stay None); paper: :func:`equidiff.paper.load_paper_inputs` (``ddim_steps``: the
+    parameters must stay None); paper: :func:`equidiff.worlds.imagenet.models.load_paper_inputs` (``ddim_steps``: the
     latent chain's T)."""
     resolve_profile(profile)
     if profile != "paper":
-        from .paper import digits_chapter_inputs
+        from equidiff.worlds.imagenet.models import digits_chapter_inputs
 
         clf, ddpm, (train_x, train_y), test_x = digits_chapter_inputs(
             profile, paper_config=paper_config, query_images=query_images, batch_size=batch_size, bf16=bf16,
             device=device)
         return NeuronWorld(profile, classifier=clf, ddpm=ddpm, table=alignment_table(clf.model, train_x, train_y),
                            real_images=test_x)
-    from .paper import load_paper_inputs
+    from equidiff.worlds.imagenet.models import load_paper_inputs
 
     inputs = load_paper_inputs(paper_config, query_images, batch_size=batch_size, bf16=bf16, device=device,
                                ddim_steps=ddim_steps)
@@ -848,7 +848,7 @@ def load_world(profile: str = "cpu", *, paper_config=None, query_images=None, ba
 @torch.no_grad()
 def _paper_channel_means(inputs) -> torch.Tensor:
     """(N, C) channel-mean pre-activations of the classifier's last stage over the query images."""
-    from .paper import paper_neuron_layer
+    from equidiff.worlds.imagenet.models import paper_neuron_layer
 
     clf = inputs.models.classifier
     module = resolve_module(clf, paper_neuron_layer(clf)[0])
@@ -865,16 +865,16 @@ def run_paper_neuron(inputs, selected: SelectedNeuron, *, n_samples: int | None 
                      seed: int = 0, restart_after: int | None = None) -> NeuronRun:
     """Section 4.2.2 for one ResNet-50 channel at paper scale, with the metrics of :func:`run_neuron`.
 
-    The query is the strongest-activating of the user's images (:func:`equidiff.paper.strongest_query`);
+    The query is the strongest-activating of the user's images (:func:`equidiff.worlds.imagenet.models.strongest_query`);
     the objective the channel's whole pre-ReLU map (49 values at 224 px); samples come from the latent
     DiT in batches of ``PaperConfig.batch_size``. ``fid`` is the Inception FID against
     ``PaperConfig.fid_reference`` (or the query images), None with ``fid_reason`` when Inception's
     weights are missing; figures without a paper-scale reference (``fid_real_reference``,
     ``diversity_same_class_reference``) are None with their reason. ``ddim_steps`` must match the prior's.
     """
-    from .invariants import InvariantConfig
-    from .metrics import classifier_features, diversity, l1_l2
-    from .paper import fid_against_reference, predict_classes, strongest_query
+    from equidiff.core.invariants import InvariantConfig
+    from equidiff.core.metrics import classifier_features, diversity, l1_l2
+    from equidiff.worlds.imagenet.models import fid_against_reference, predict_classes, strongest_query
 
     models, cfg = inputs.models, inputs.config
     defaults = resolve_profile("paper")

@@ -40,7 +40,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from ._validate import bad as _bad, is_int as _is_int
+from equidiff._validate import bad as _bad, is_int as _is_int
 
 __all__ = [
     "TASKS",
@@ -144,7 +144,7 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def _atomic_json(path: Path, obj) -> None:
-    from .metrics import to_jsonable
+    from equidiff.core.metrics import to_jsonable
 
     _atomic_write_bytes(path, json.dumps(to_jsonable(obj), indent=2).encode())
 
@@ -195,21 +195,21 @@ class NeuronTask:
 
     ``config``: ``{"paper": PaperConfig fields, "invariant": InvariantConfig fields}``; the item's
     seed replaces ``invariant.seed``. The query is the item's image file, loaded with
-    :func:`equidiff.paper.load_query_images` at ``paper.image_size``.
+    :func:`equidiff.worlds.imagenet.models.load_query_images` at ``paper.image_size``.
     """
 
     name = "neurons"
 
     def setup(self, config: dict, device: torch.device):
-        from .paper import PaperConfig, load_paper_models
+        from equidiff.worlds.imagenet.models import PaperConfig, load_paper_models
 
         paper_cfg = PaperConfig.from_dict({**config.get("paper", {}), "device": str(device)})
         return {"models": load_paper_models(paper_cfg), "config": config}
 
     def run(self, ctx: dict, item: dict) -> tuple[dict, dict]:
-        from .invariants import InvariantConfig
-        from .metrics import l1_l2
-        from .paper import load_query_images
+        from equidiff.core.invariants import InvariantConfig
+        from equidiff.core.metrics import l1_l2
+        from equidiff.worlds.imagenet.models import load_query_images
 
         models = ctx["models"]
         inv = InvariantConfig(**{**ctx["config"].get("invariant", {}), "seed": int(item["seed"])})
@@ -292,7 +292,7 @@ def run_items(
     of this shard is left. Report: ``rank``, ``world_size``, ``done`` (ids computed now),
     ``skipped`` (ids found done), ``loaded`` (whether the models were loaded), ``seconds``.
     """
-    from .paper import resolve_device
+    from equidiff.worlds.imagenet.models import resolve_device
 
     if task not in TASKS:
         raise _bad("task", task, f"one of {tuple(TASKS)}")
@@ -400,8 +400,8 @@ def _config_from_args(args) -> dict:
             inv[flag] = getattr(args, flag)
     paper.pop("device", None)  # chosen per rank (cuda:<LOCAL_RANK>), not part of the config
     # validate now, in every rank, before any work
-    from .invariants import InvariantConfig
-    from .paper import PaperConfig
+    from equidiff.core.invariants import InvariantConfig
+    from equidiff.worlds.imagenet.models import PaperConfig
 
     PaperConfig.from_dict(paper)
     InvariantConfig(**inv)
@@ -418,7 +418,7 @@ def _items_from_args(args) -> list[dict]:
         raise SystemExit("give --items FILE, or --channels and --queries (and optionally --seeds)")
     queries = args.queries
     if len(queries) == 1 and Path(queries[0]).is_dir():
-        from .paper import list_images
+        from equidiff.worlds.imagenet.models import list_images
 
         queries = [str(p) for p in list_images(queries[0])]
     return make_items(args.channels, queries, args.seeds, args.pairing)

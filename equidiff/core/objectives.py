@@ -133,7 +133,7 @@ def class_probability(model: nn.Module, index: int, name: str | None = None) -> 
 
 def lowpassed(objective: Objective, cutoff: float) -> Objective:
     """The objective measured on the ideal low-pass filtered input (thesis Appendix .4)."""
-    from .filters import lowpass, check_cutoff
+    from equidiff.core.filters import lowpass, check_cutoff
 
     check_cutoff(cutoff)
     return Objective(
@@ -198,7 +198,7 @@ def neuron_map(model: nn.Module, layer: str, channel: int, reduce: str = "map",
         # "pre-activation" values would silently be post-activation (timm builds ReLUs in place)
         raise ValueError(
             f"layer {layer!r} is an in-place {type(module).__name__} (inplace=True), so read='input' would "
-            "see its output; set module.inplace = False first (equidiff.paper.disable_inplace does that)"
+            "see its output; set module.inplace = False first (equidiff.worlds.imagenet.models.disable_inplace does that)"
         )
 
     def fn(x: torch.Tensor) -> torch.Tensor:
