@@ -1320,9 +1320,9 @@ def run_paper_feature(inputs: PaperSAEInputs, activations: torch.Tensor, selecte
 def _paper_feature_figure(runs: Sequence[FeatureRun], n_real: int = 8, cols: int = 8):
     """Figure 4.3 at paper scale: per feature, the top-activating query images (left) and the invariant
     samples with their loss (right; red frame: above τ). No labels: there is no judge classifier."""
-    from equidiff.report.figures import _frame_red, _img, _plt
+    from equidiff.report.figures.common import pyplot, red_frame, show_image
 
-    plt = _plt()
+    plt = pyplot()
     real_cols = 4
     heights = [max(int(np.ceil(len(r.result.x) / cols)), int(np.ceil(min(n_real, len(r.top_images)) / real_cols)))
                for r in runs]
@@ -1334,14 +1334,14 @@ def _paper_feature_figure(runs: Sequence[FeatureRun], n_real: int = 8, cols: int
         res, k = run.result, min(n_real, len(run.top_images))
         gl, gr = left.add_gridspec(h, real_cols), right.add_gridspec(h, cols)
         for i in range(k):
-            _img(left.add_subplot(gl[i // real_cols, i % real_cols]), run.top_images[i],
+            show_image(left.add_subplot(gl[i // real_cols, i % real_cols]), run.top_images[i],
                  f"{float(run.top_values[i]):.2f}", fontsize=6.5)
         left.suptitle(f"real: top {k} query images", fontsize=9)
         for i in range(len(res.x)):
             ax = right.add_subplot(gr[i // cols, i % cols])
-            _img(ax, res.x[i].clamp(-1, 1), f"{float(res.loss[i]):.0e}", fontsize=6.5)  # unclamped in the loop
+            show_image(ax, res.x[i].clamp(-1, 1), f"{float(res.loss[i]):.0e}", fontsize=6.5)  # unclamped in the loop
             if not bool(res.converged[i]):
-                _frame_red(ax)
+                red_frame(ax)
         what = "its activation" if run.objective == "feature" else "the full SAE code"
         right.suptitle(f"feature #{run.feature} (target {run.metrics['target_activation']:.2f}): {len(res.x)} "
                        f"invariant samples of {what}, {int(res.converged.sum())} below τ = {res.config.tau:g}",
