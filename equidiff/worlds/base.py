@@ -54,7 +54,7 @@ class World:
     neuron_layer: str = ""  # module name whose channels chapter 2 calls neurons
     neuron_read: str = "output"  # "output" or "input" (pre-activation) of that module
     known_units: dict = field(default_factory=dict)  # channel -> (concept, r) the thesis reports
-    defaults: dict = field(default_factory=dict)  # chapter settings a parameter left at None takes
+    defaults: dict = field(default_factory=dict)  # chapter -> {setting: value} a parameter left at None takes
     batch_size: Optional[int] = None  # samples optimised together (None: all at once)
     device: torch.device = torch.device("cpu")
     lacks: dict = field(default_factory=dict)  # capability -> why this world does not have it
@@ -91,9 +91,14 @@ class World:
         return out
 
     # -- settings ------------------------------------------------------------------------------
-    def setting(self, name: str, value):
-        """``value``, or this world's default for ``name`` when ``value`` is None."""
-        return self.defaults.get(name) if value is None else value
+    def setting(self, chapter: str, name: str, value=None):
+        """``value``, or this world's default of ``name`` for ``chapter`` when ``value`` is None
+        (the table is :data:`equidiff.worlds.settings.SETTINGS`)."""
+        if value is not None:
+            return value
+        if name not in self.defaults.get(chapter, {}):
+            raise ValueError(f"{name} is None and world {self.name!r} has no default for it in chapter {chapter!r}")
+        return self.defaults[chapter][name]
 
     # -- optional parts, loaded once -----------------------------------------------------------
     def part(self, name: str, **kwargs):

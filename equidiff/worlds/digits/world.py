@@ -11,6 +11,7 @@ import torch
 from equidiff.core.metrics import FIDResult, feature_fid
 from equidiff.core.priors import PixelDDIMPrior
 from equidiff.worlds.base import World
+from equidiff.worlds.settings import SETTINGS
 from equidiff.worlds.digits import models as zoo
 
 # preset names per profile (one table for every chapter)
@@ -49,7 +50,7 @@ def _digits_world(profile: str, cache_dir=None, progress: bool = False, **unknow
         classifier=clf.model, images=train_x, labels=train_y, test_images=test_x, test_labels=test_y,
         make_prior=make_prior, fid=fid, judge=clf.model, class_names=[str(d) for d in range(10)],
         neuron_layer=NEURON_LAYER, neuron_read="input",
-        defaults={"ddim_steps": 10},
+        defaults=SETTINGS[profile],
         record={"world": profile, "presets": dict(names)},
         loaders={"vit": vit, "zoo": lambda: {"classifier": clf, "ddpm": ddpm}},
         params={"cache_dir": cache_dir} if cache_dir is not None else {},

@@ -8,6 +8,7 @@ Nothing downloads unless the PaperConfig allows it.
 from __future__ import annotations
 
 from equidiff.worlds.base import World
+from equidiff.worlds.settings import SETTINGS
 from equidiff.worlds.imagenet import models as paper
 
 NO_LABELS = "the query images carry no class labels at paper scale (the classifier's class stands in)"
@@ -44,7 +45,7 @@ def paper_world(paper_config=None, query_images=None, batch_size=None, bf16=None
         make_prior=make_prior, fid=fid, judge=None,
         neuron_layer=paper.paper_neuron_layer(models.classifier)[0], neuron_read="input",
         known_units=neurons,
-        defaults={"ddim_steps": cfg.ddim_steps, "predicted": inputs.predicted, "files": inputs.files},
+        defaults={ch: {**s, "ddim_steps": cfg.ddim_steps} for ch, s in SETTINGS["paper"].items()},
         batch_size=cfg.batch_size, device=models.device,
         lacks={"labels": NO_LABELS, "test_images": NO_TEST, "judge": NO_JUDGE, "unit_concepts": NO_CONCEPTS,
                "guidance": NO_GUIDANCE},
