@@ -37,9 +37,15 @@ from pathlib import Path
 
 import torch
 
-from equidiff.worlds.imagenet import models as paper
-from equidiff.core.priors import LatentDiTPrior
+from equidiff.core.batched import find_invariants_batched
 from equidiff.core.invariants import InvariantConfig, iterate_invariants
+from equidiff.core.priors import LatentDiTPrior
+from equidiff.testing import write_tiny_models
+from equidiff.worlds.imagenet.config import PaperConfig
+from equidiff.worlds.imagenet.images import load_query_images
+from equidiff.worlds.imagenet.loaders import (AutocastPrior, ImageNetInput, autocast_objective, disable_inplace,
+                                              paper_neuron_objective, prior_image_size)
+from equidiff.worlds.imagenet.models import load_paper_models
 
 # DiT-XL/2 (Peebles & Xie, 2023: depth 28, hidden 1152 = 16 heads × 72, patch 2) on 32×32×4
 # latents of the Stable Diffusion VAE (kl-f8: 128/256/512/512 channels, 2 ResNet blocks per level).
@@ -69,16 +75,16 @@ def random_weight_models(device: torch.device, num_steps: int, checkpointing: bo
     vae = AutoencoderKL(**SD_VAE).to(device)
     sched = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=False)
     prior = LatentDiTPrior(transformer, vae, sched, num_steps=num_steps, checkpointing=checkpointing)
-    net = paper.disable_inplace(timm.create_model("resnet50", pretrained=False)).to(device).eval().requires_grad_(False)
-    return prior, paper.ImageNetInput(net)
+    net = disable_inplace(timm.create_model("resnet50", pretrained=False)).to(device).eval().requires_grad_(False)
+    return prior, ImageNetInput(net)
 
 
 def with_steps(prior, T: int):
     """The same prior at T DDIM steps (models shared, nothing copied)."""
-    base = prior.prior if isinstance(prior, paper.AutocastPrior) else prior
+    base = prior.prior if isinstance(prior, AutocastPrior) else prior
     p = LatentDiTPrior(base.transformer, base.vae, base.scheduler, num_steps=T, checkpointing=base.checkpointing,
                        class_label=base.class_label, clamp=base.clamp)
-    return paper.AutocastPrior(p) if isinstance(prior, paper.AutocastPrior) else p
+    return AutocastPrior(p) if isinstance(prior, AutocastPrior) else p
 
 
 def time_steps(objective, query, prior, n: int, opt_steps: int, device, cfg_kwargs) -> tuple[float, float | None]:
@@ -99,7 +105,7 @@ def time_steps(objective, query, prior, n: int, opt_steps: int, device, cfg_kwar
 def converge(objective, query, prior, n: int, budget: int, tau: float, batch_size: int, cfg_kwargs) -> dict:
     cfg = InvariantConfig(n_samples=n, steps=budget, tau=tau, seed=2, **cfg_kwargs)
     t0 = time.perf_counter()
-    res = paper.find_invariants_batched(objective, query, prior, cfg, batch_size)
+    res = find_invariants_batched(objective, query, prior, cfg, batch_size)
     wall = time.perf_counter() - t0
     k = int(res.converged.sum())
     return {"wall_seconds": wall, "converged": k, "n": n, "budget": budget,
@@ -140,33 +146,33 @@ def main(argv=None) -> int:
     tmp = None
     if args.tiny:
         tmp = tempfile.TemporaryDirectory(prefix="equidiff-bench-tiny-")
-        cfg = paper.write_tiny_models(tmp.name)
-        cfg = paper.PaperConfig.from_dict({**cfg.to_dict(), "device": str(device), "bf16": args.bf16,
+        cfg = write_tiny_models(tmp.name)
+        cfg = PaperConfig.from_dict({**cfg.to_dict(), "device": str(device), "bf16": args.bf16,
                                            "checkpointing": ck, "batch_size": args.batch_size})
-        models = paper.load_paper_models(cfg)
+        models = load_paper_models(cfg)
         prior, classifier = models.prior, models.classifier
         channel = 3 if args.channel is None else args.channel
         weights = "tiny random"
     elif args.random_weights:
         prior, classifier = random_weight_models(device, args.ddim_steps_list[0], ck)
         if args.bf16:
-            prior = paper.AutocastPrior(prior)
+            prior = AutocastPrior(prior)
         channel = 1656 if args.channel is None else args.channel
         weights = "random (DiT-XL/2, SD VAE, ResNet-50 shapes)"
     else:
-        cfg = paper.PaperConfig(dit_path=args.dit_path, classifier_path=args.classifier_path, cache_dir=args.cache_dir,
+        cfg = PaperConfig(dit_path=args.dit_path, classifier_path=args.classifier_path, cache_dir=args.cache_dir,
                                 allow_download=args.allow_download, bf16=args.bf16, checkpointing=ck,
                                 batch_size=args.batch_size, device=str(device))
-        models = paper.load_paper_models(cfg)  # ModelNotFoundError says what to fetch
+        models = load_paper_models(cfg)  # ModelNotFoundError says what to fetch
         prior, classifier = models.prior, models.classifier
         channel = 1656 if args.channel is None else args.channel
         weights = f"{cfg.dit_model} + {cfg.classifier_model}"
-    objective = paper.paper_neuron_objective(classifier, channel)
+    objective = paper_neuron_objective(classifier, channel)
     if args.bf16:
-        objective = paper.autocast_objective(objective)
+        objective = autocast_objective(objective)
 
     if args.query:
-        query, _ = paper.load_query_images([args.query], size=paper.prior_image_size(prior))
+        query, _ = load_query_images([args.query], size=prior_image_size(prior))
         query = query.to(device)
     else:
         with torch.no_grad():

@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 
 from equidiff.core import filters
-from equidiff.worlds.digits import models as zoo
+from equidiff.worlds import digits as zoo
 from equidiff.core.priors import PixelDDIMPrior
 from equidiff.core.baselines import pixel_invariants
 from equidiff.core.invariants import InvariantConfig, find_invariants, iterate_invariants

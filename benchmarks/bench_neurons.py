@@ -6,7 +6,7 @@ Runs the chapter's three neurons (``neurons = "auto"``, its default settings: 32
 L-BFGS, ``restart_after = 100``, DDIM T = 10) three ways, one after the other in this one run:
 
   threads  one process, one neuron after the other, torch's default thread count (the chapter before
-           ``NeuronWorld.run_all``);
+           ``run_all``);
   w1       ``run_all(workers=1)``: one process, one torch thread, one neuron after the other;
   wN       ``run_all(workers=N)``: N worker processes (N = min(3, CPU cores)), one torch thread each.
 
@@ -28,6 +28,7 @@ import torch
 
 def main() -> None:
     from equidiff.chapters import neurons as eqn
+    from equidiff.worlds import load_world
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="8 samples, budget 100")
@@ -35,19 +36,20 @@ def main() -> None:
     a = ap.parse_args()
     settings = dict(n_samples=8, steps=100) if a.quick else dict(n_samples=32, steps=400)
     settings.update(ddim_steps=10, tau=0.01, optimizer="lbfgs", lr=1.0, seed=0, restart_after=100)
-    world = eqn.load_world("cpu", ddim_steps=10)
-    chosen = world.choose("auto", "all", k=3)
+    world = load_world("cpu")
+    table = eqn.neuron_table(world)
+    chosen = eqn.choose_neurons(world, table, "auto", "all", k=3)
     n_workers = min(len(chosen), os.cpu_count() or 1)
     threads = torch.get_num_threads()
     print(f"neurons {[s.channel for s in chosen]}, {settings}; {os.cpu_count()} CPU cores, torch threads {threads}")
 
     times, runs = {}, {}
     t = time.perf_counter()
-    runs["threads"] = [world.run(s, **settings) for s in chosen]
+    runs["threads"] = [eqn.run_neuron(world, table, s.channel, concept=s.concept, **settings) for s in chosen]
     times["threads"] = time.perf_counter() - t
     for name, w in (("w1", 1), (f"w{n_workers}", n_workers)):
         t = time.perf_counter()
-        runs[name] = world.run_all(chosen, workers=w, progress=False, **settings)
+        runs[name] = eqn.run_all(world, table, chosen, workers=w, progress=False, **settings)
         times[name] = time.perf_counter() - t
 
     base = times["threads"]

@@ -12,18 +12,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import torch
 
 from equidiff.worlds import circles as toy
+from equidiff.chapters import circles as circles_chapter
 
 QUERIES = ([0.5, 0.3], [0.7, -0.6], [-1.3, 0.6])
 TAU = 0.005
 
 
 def run(model, optimizer: str, n: int, repulsion: float = 0.0, steps: int = 200) -> dict:
-    rs = [toy.analyse_query(model, q, n=n, tau=TAU, steps=steps, optimizer=optimizer, repulsion=repulsion)
+    rs = [circles_chapter.analyse_query(model, q, n=n, tau=TAU, steps=steps, optimizer=optimizer, repulsion=repulsion)
           for q in QUERIES]
     covs = [r["coverage"] for r in rs]
     return {"seconds": sum(r["seconds"] for r in rs), "max_abs_error": max(r["max_abs_error"] for r in rs),
@@ -49,7 +49,7 @@ def main() -> None:
     few = run(model, "adam", 32, repulsion=0.05, steps=400)
     best = [toy.best_coverage(toy.level_curves(model, float(toy.probability_of(model, [q])[0])), 32)
             for q in QUERIES]
-    print(f"\n32 points per query (Adam + repulsion): coverage "
+    print("\n32 points per query (Adam + repulsion): coverage "
           + "  ".join(f"{c:.3f}" for c in few["coverages"])
           + "\nbest any 32 points can reach (equally spaced):  " + "  ".join(f"{c:.3f}" for c in best))
     out = {

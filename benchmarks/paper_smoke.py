@@ -4,7 +4,7 @@
     python benchmarks/paper_smoke.py --device cuda --models paper-random   # paper-sized, random weights
 
 Writes randomly initialised models of the paper classes to ``--out`` — tiny ones
-(``paper.write_tiny_models``), or with ``--models paper-random`` the paper's sizes (DiT-XL/2 with
+(:func:`equidiff.testing.write_tiny_models`), or with ``--models paper-random`` the paper's sizes (DiT-XL/2 with
 the SD VAE at 256 px, ResNet-50, the CLIP ViT-B/32 with a 16×-wide SAE on block 11, Inception-v3:
 several GB, for a GPU) — and a few random query images, then executes each notebook's cells in this process
 (``benchmarks/exec_notebook.py``: no Jupyter needed) with the paper profile on ``--device``, and
@@ -48,8 +48,8 @@ def write_paper_random(folder: Path):
     from safetensors.torch import save_file
 
     from bench_gpu import DIT_XL2_256, SD_VAE
-    from equidiff.worlds.imagenet import models as paper
-    from equidiff.chapters.sae import SparseAutoencoder
+    from equidiff.sae import SparseAutoencoder
+    from equidiff.worlds.imagenet.config import CLASSIFIER_MODEL, INCEPTION_MODEL, VIT_MODEL, PaperConfig
 
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
@@ -57,22 +57,22 @@ def write_paper_random(folder: Path):
     AutoencoderKL(**SD_VAE).save_pretrained(folder / "dit" / "vae")
     DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=False).save_pretrained(
         folder / "dit" / "scheduler")
-    for name, file in ((paper.CLASSIFIER_MODEL, "resnet50.safetensors"), (paper.VIT_MODEL, "vit.safetensors"),
-                       (paper.INCEPTION_MODEL, "inception.safetensors")):  # with their tags: the tags' configs
+    for name, file in ((CLASSIFIER_MODEL, "resnet50.safetensors"), (VIT_MODEL, "vit.safetensors"),
+                       (INCEPTION_MODEL, "inception.safetensors")):  # with their tags: the tags' configs
         net = timm.create_model(name, pretrained=False)
         save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(folder / file))
     layer = 11
     sae = SparseAutoencoder(768, 16 * 768, "relu", hook_name=f"blocks.{layer}.hook_resid_post", layer=layer,
-                            model_name=paper.VIT_MODEL)
+                            model_name=VIT_MODEL)
     with torch.no_grad():
         w = torch.randn(sae.d_sae, 768)
         sae.W_dec.copy_(w / w.norm(dim=1, keepdim=True))
         sae.W_enc.copy_(sae.W_dec.t())
         sae.b_enc.copy_(torch.randn(sae.d_sae) * 0.5)
     sae.save(folder / "sae")
-    return paper.PaperConfig(dit_path=str(folder / "dit"), classifier_path=str(folder / "resnet50.safetensors"),
-                             vit_path=str(folder / "vit.safetensors"), sae_path=str(folder / "sae"),
-                             inception_path=str(folder / "inception.safetensors"))
+    return PaperConfig(dit_path=str(folder / "dit"), classifier_path=str(folder / "resnet50.safetensors"),
+                       vit_path=str(folder / "vit.safetensors"), sae_path=str(folder / "sae"),
+                       inception_path=str(folder / "inception.safetensors"))
 
 
 def main(argv=None) -> int:
@@ -84,11 +84,11 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     from PIL import Image
 
-    from equidiff.worlds.imagenet import models as paper
+    from equidiff.testing import write_tiny_models
 
     out = Path(args.out or tempfile.mkdtemp(prefix="paper_smoke_"))
     t0 = time.perf_counter()
-    cfg = paper.write_tiny_models(out / "models") if args.models == "tiny" else write_paper_random(out / "models")
+    cfg = write_tiny_models(out / "models") if args.models == "tiny" else write_paper_random(out / "models")
     print(f"[paper_smoke] {args.models} models written in {time.perf_counter() - t0:.1f} s")
     fields = json.loads(json.dumps(cfg.to_dict()))
     fields["cache_dir"] = str(out / "empty_hub")

@@ -26,7 +26,7 @@ import torch
 from equidiff.core import filters
 from equidiff.core import metrics
 from equidiff.report import figures as plots
-from equidiff.worlds.digits import models as zoo
+from equidiff.worlds import digits as zoo
 from equidiff.core.priors import PixelDDIMPrior
 from equidiff.core.invariants import InvariantConfig, find_invariants
 from equidiff.core.objectives import class_probability

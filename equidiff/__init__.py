@@ -8,6 +8,7 @@ import warnings as _warnings
 _warnings.filterwarnings("ignore", message="IProgress not found")
 
 from equidiff.core.objectives import Objective, from_function, logits, probabilities, class_logit, class_probability, lowpassed
-from equidiff.core.invariants import InvariantConfig, InvariantResult, IdentityPrior, find_invariants, iterate_invariants
+from equidiff.core.invariants import InvariantConfig, InvariantResult, find_invariants, iterate_invariants
+from equidiff.core.priors import IdentityPrior
 
 __version__ = "0.1.0"

@@ -11,7 +11,6 @@ figures in ``<book>/_generated/<name>/``), and Jupyter Book 1 renders them with 
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys
@@ -21,17 +20,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = REPO / "notebooks"
 
-# Parameters per profile; "cpu" is each notebook's own defaults. "smoke" is a seconds-long run
-# of the same code path, used by the tests.
+# Parameters per profile; "cpu" is each notebook's own defaults. "smoke" is a seconds-long run of
+# the same code path, used by the tests: the chapters on a World take the "smoke" world, whose tiny
+# models and budgets come from equidiff/worlds/settings.py; only what a world does not decide is here.
 PROFILES: dict[str, dict[str, dict]] = {
     "cpu": {},
     "smoke": {
         "01_circles": {"n_invariant": 32, "steps": 60, "prior_points": 16, "prior_steps": 40, "ddim_steps": 5},
-        "02_neurons": {"n_samples": 4, "steps": 3, "ddim_steps": 5, "profile": "smoke"},
-        "03_sae": {"profile": "smoke", "vit_preset": "digits-vit-tiny", "classifier_preset": "digits-classifier-tiny",
-                   "ddpm_preset": "digits-ddpm-tiny", "layer": 1, "sae_steps": 30, "min_rate": 0.0, "max_rate": 1.0,
-                   "n_features": 2, "n_samples": 4, "steps": 3, "ddim_steps": 3},
-        "04_classifier": {"n_samples": 4, "steps": 3, "ddim_steps": 3, "profile": "smoke"},
+        "02_neurons": {"profile": "smoke"},
+        "03_sae": {"profile": "smoke", "min_rate": 0.0, "max_rate": 1.0, "n_features": 2},
+        "04_classifier": {"profile": "smoke"},
         "05_applications": {"profile": "smoke", "n_queries": 1, "n_samples": 4, "steps": 3, "ddim_steps": 3,
                             "k": 2, "neuron": 5, "neuron_samples": 3, "neuron_steps": 2},
     },

@@ -7,7 +7,7 @@ from equidiff.core import baselines as B
 from equidiff.core import filters
 from equidiff.worlds.digits import models as zoo
 from equidiff.core.priors import PixelDDIMPrior
-from equidiff.core.invariants import InvariantConfig
+from equidiff.core.invariants import InvariantConfig, invariant_loss
 from equidiff.core.objectives import from_function
 
 
@@ -83,8 +83,9 @@ def test_pixel_invariants_reach_tau_through_the_same_loop(par):
     assert res.success_rate == 1.0
     assert res.x.shape == (4, 1, 8, 8) and res.x.abs().max() < 1
     # the returned images really meet the dual loss of Algorithm 1
-    loss = B.invariant_loss(obj, res.x, obj(query), lowpass_cutoff=0.5)
+    loss = invariant_loss(obj, res.x, obj(query), lowpass_cutoff=0.5)
     assert torch.all(loss < cfg.tau)
+    assert torch.equal(loss, res.loss)  # the one loss: the loop reports exactly what invariant_loss computes
 
 
 def test_pixel_invariants_rejects_bad_input():
@@ -93,19 +94,6 @@ def test_pixel_invariants_rejects_bad_input():
         B.pixel_invariants(obj, torch.zeros(1, 1, 8, 8), parameterization="fft")
     with pytest.raises(ValueError, match=r"query must be one image with a batch dimension, shape \(1, C, H, W\), got \(1, 8, 8\)"):
         B.pixel_invariants(obj, torch.zeros(1, 8, 8))
-
-
-def test_invariant_loss_adds_the_filtered_term():
-    obj = from_function(lambda x: x.flatten(1)[:, :3], "first three pixels")
-    x = torch.randn(5, 1, 8, 8, generator=torch.Generator().manual_seed(0))
-    tgt = torch.tensor([[0.1, -0.2, 0.3]])
-    plain = ((obj(x) - tgt) ** 2).sum(1)
-    assert torch.allclose(B.invariant_loss(obj, x, tgt), plain)
-    filt = ((obj(filters.lowpass(x, 0.5)) - tgt) ** 2).sum(1)
-    assert torch.allclose(B.invariant_loss(obj, x, tgt, 0.5), plain + filt)
-    assert torch.allclose(B.invariant_loss(obj, x, tgt, reduction="mean"), plain / 3)
-    with pytest.raises(ValueError, match=r"reduction must be 'sum' or 'mean', got 'max'"):
-        B.invariant_loss(obj, x, tgt, reduction="max")
 
 
 # --- guidance ---------------------------------------------------------------------------------
@@ -127,6 +115,16 @@ def test_guidance_with_zero_scale_is_the_plain_ddim_chain(tiny_prior):
         assert torch.allclose(res.x, tiny_prior(z), atol=1e-5)
     assert len(res.history["loss_mean"]) == 4  # one entry per DDIM step
     assert res.config.steps == 0  # nothing was optimised
+
+
+def test_guidance_reports_the_invariant_loss_of_its_final_images(tiny_prior):
+    obj = _mean_objective()
+    query = torch.full((1, 1, 16, 16), 0.4)
+    cfg = B.GuidanceConfig(n_samples=3, scale=1.0, lowpass_cutoff=0.5, seed=1)
+    res = B.guided_sampling(obj, query, tiny_prior, cfg)
+    with torch.no_grad():
+        assert torch.equal(res.loss, invariant_loss(obj, res.x, obj(query), 0.5))
+    assert torch.equal(res.x, tiny_prior.finish(res.x))  # finished as the prior finishes its chain: clamped
 
 
 # step sizes per rule: for the mean grey level ∇ℓ is spread over 256 pixels, so the unnormalised rules need a larger ζ

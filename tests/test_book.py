@@ -86,7 +86,6 @@ def test_sae_notebook_smoke_metrics(built_book):
         assert (out / name).stat().st_size > 10_000
 
 
-
 @pytest.mark.book
 def test_classifier_notebook_smoke_metrics(built_book):
     book, _ = built_book

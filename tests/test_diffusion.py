@@ -13,8 +13,8 @@ from diffusers import (
     UNet2DModel,
 )
 
-from equidiff.core.priors import LatentDiTPrior, PixelDDIMPrior, Prior
-from equidiff.core.invariants import IdentityPrior, InvariantConfig, find_invariants
+from equidiff.core.invariants import InvariantConfig, find_invariants
+from equidiff.core.priors import IdentityPrior, LatentDiTPrior, PixelDDIMPrior, Prior
 
 T_TRAIN = 100  # num_train_timesteps of the tiny schedulers
 N_CLASSES = 10  # num_embeds_ada_norm of the tiny DiT: the null class id is 10

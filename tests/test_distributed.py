@@ -1,4 +1,4 @@
-"""Sharded runs of many work items (equidiff.distributed): torchrun with the gloo backend and 2 CPU
+"""Sharded runs of many work items (equidiff.run.torchrun): torchrun with the gloo backend and 2 CPU
 processes on tiny random paper-class models; the merged result equals a single-process run, and a
 rerun skips the items already done."""
 
@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from equidiff.run import torchrun as distributed
-from equidiff.worlds.imagenet import models as paper
+from equidiff.testing import write_tiny_models
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("dist")
-    cfg = paper.write_tiny_models(root / "models")
+    cfg = write_tiny_models(root / "models")
     rng = np.random.default_rng(0)
     for name in ("stripes", "cells"):
         Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(root / f"{name}.png")
@@ -115,7 +115,7 @@ def test_torchrun_gloo_two_processes_equals_one_process(world):
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
         "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-        "-m", "equidiff.distributed", "run", "--out", str(multi), "--config", str(root / "config.json"),
+        "-m", "equidiff.run.torchrun", "run", "--out", str(multi), "--config", str(root / "config.json"),
         "--channels", "3", "17", "--queries", str(root / "stripes.png"), str(root / "cells.png"),
         "--seeds", "0", "1", "--device", "cpu", "--merge", "--report", str(root / "report-{rank}.json"),
     ]

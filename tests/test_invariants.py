@@ -8,7 +8,10 @@ import torch
 from torch import nn
 
 from equidiff.core import objectives as O
-from equidiff.core.invariants import IdentityPrior, InvariantConfig, find_invariants, iterate_invariants
+from equidiff.core.batched import concat_results, find_invariants_batched
+from equidiff.core.filters import lowpass
+from equidiff.core.invariants import InvariantConfig, find_invariants, invariant_loss, iterate_invariants
+from equidiff.core.priors import IdentityPrior
 
 
 def _setup():
@@ -40,6 +43,9 @@ def test_unconverged_samples_are_reported_not_hidden():
     cfg = InvariantConfig(n_samples=8, steps=3, tau=1e-9, lr=0.01, seed=0)
     res = find_invariants(obj, q, None, cfg)
     assert not res.converged.all()
+    # the budget running out frees no sample: n_active still counts the samples above τ
+    assert res.history["n_active"][-1] == int((~res.converged).sum()) > 0
+    assert len(res.history["n_active"]) == cfg.steps + 1
     assert torch.all(res.loss[~res.converged] >= cfg.tau)
     assert torch.all(res.steps_to_converge[~res.converged] == -1)
     assert res.summary()["success_rate"] == res.success_rate
@@ -97,8 +103,6 @@ def test_lowpass_term_is_added():
     z0 = torch.randn(2, 1, 8, 8)
     plain = find_invariants(obj, q, None, InvariantConfig(n_samples=2, steps=0), z_init=z0)
     dual = find_invariants(obj, q, None, InvariantConfig(n_samples=2, steps=0, lowpass_cutoff=0.5), z_init=z0)
-    from equidiff.core.filters import lowpass
-
     extra = ((obj(lowpass(z0, 0.5)) - obj(q)) ** 2).sum(1)
     assert torch.allclose(dual.loss, plain.loss + extra, atol=1e-5)
 
@@ -309,3 +313,94 @@ def test_restart_replaces_hopeless_starts(opt, lr, tmp_path):
             break
     resumed = find_invariants(obj, q, None, ccfg)
     assert torch.equal(resumed.z, res.z) and torch.equal(resumed.restarts, res.restarts)
+
+
+def test_invariant_loss_is_the_loss_of_algorithm_1():
+    obj = O.from_function(lambda x: x.flatten(1)[:, :3], "first three pixels")
+    x = torch.randn(5, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    tgt = torch.tensor([[0.1, -0.2, 0.3]])
+    plain = ((obj(x) - tgt) ** 2).sum(1)
+    assert torch.equal(invariant_loss(obj, x, tgt), plain)
+    filt = ((obj(lowpass(x, 0.5)) - tgt) ** 2).sum(1)
+    assert torch.equal(invariant_loss(obj, x, tgt, 0.5), plain + filt)
+    assert torch.equal(invariant_loss(obj, x, tgt, filter=lambda v: lowpass(v, 0.5)), plain + filt)
+    assert torch.equal(invariant_loss(obj, x, tgt, 0.5, measurements=obj(x)), plain + filt)
+    assert torch.allclose(invariant_loss(obj, x, tgt, reduction="mean"), plain / 3)
+    with pytest.raises(ValueError, match=r"reduction must be 'sum' or 'mean', got 'max'"):
+        invariant_loss(obj, x, tgt, reduction="max")
+    with pytest.raises(ValueError, match=r"lowpass_cutoff must be None when a filter is given"):
+        invariant_loss(obj, x, tgt, 0.5, filter=lambda v: v)
+    # Algorithm 1 reports exactly this loss (λ = 1) for what it returns
+    res = find_invariants(obj, torch.zeros(1, 1, 8, 8), None, InvariantConfig(n_samples=3, steps=2, lowpass_cutoff=0.5))
+    with torch.no_grad():
+        assert torch.equal(res.loss, invariant_loss(obj, res.x, res.target, 0.5))
+
+
+def test_generator_returns_the_result_and_on_step_sees_every_step():
+    obj, q = _setup()
+    cfg = InvariantConfig(n_samples=4, steps=30, tau=1e-5, lr=0.05, seed=2)
+    gen = iterate_invariants(obj, q, None, cfg)
+    states = []
+    while True:
+        try:
+            states.append(next(gen))
+        except StopIteration as stop:
+            result = stop.value
+            break
+    seen = []
+    res = find_invariants(obj, q, None, cfg, on_step=seen.append)
+    assert [s.step for s in seen] == [s.step for s in states] == list(range(len(res.history["loss_mean"])))
+    assert torch.equal(result.z, res.z) and torch.equal(result.loss, res.loss)
+    assert [int(s.active.sum()) for s in seen[:-1]] == res.history["n_active"][:-1]
+
+
+def test_query_of_the_wrong_shape_names_query_and_the_error():
+    obj, _ = _setup()  # an MLP on 4 features
+    with pytest.raises(ValueError, match=r"query of shape \(1, 3\) does not fit the objective 'logits of mlp' "
+                       r"\(its model's first layer takes \(B, 4\)\): mat1 and mat2 shapes"):
+        find_invariants(obj, torch.zeros(1, 3), None, InvariantConfig(n_samples=2, steps=1))
+
+
+def _stuck_dead_zone():
+    """relu(x_0) with starts that stay hopeless: every sample is restarted after each step."""
+    obj = O.Objective(lambda x: torch.relu(x[:, :1]), "relu(x_0)")
+    cfg = InvariantConfig(n_samples=4, steps=3, tau=1e-4, optimizer="sgd", lr=1e-3, seed=0, restart_after=1)
+    return obj, torch.tensor([[5.0, 0.0]]), cfg
+
+
+def test_batched_restarts_draw_the_noise_of_one_unbatched_run():
+    """Restart seeds follow a sample's global index: batches of 2 give the unbatched result."""
+    obj, q, cfg = _stuck_dead_zone()
+    prior = IdentityPrior((2,))
+    whole = find_invariants(obj, q, prior, cfg)
+    parts = find_invariants_batched(obj, q, prior, cfg, batch_size=2)
+    assert (whole.restarts == cfg.steps).all()  # every sample got fresh noise after every step
+    assert torch.equal(parts.restarts, whole.restarts)
+    assert torch.equal(parts.z_init, whole.z_init)  # the last draws agree ...
+    assert not torch.equal(parts.z_init[0], parts.z_init[2])  # ... and samples i, i + batch_size differ
+    torch.testing.assert_close(parts.z, whole.z, rtol=0, atol=1e-6)
+    assert torch.equal(parts.converged, whole.converged)
+    assert parts.history["n_active"] == whole.history["n_active"]
+    assert parts.history["loss_max"] == whole.history["loss_max"]
+
+
+def test_batched_start_noise_equals_unbatched_and_concat_keeps_history():
+    obj, q = _setup()
+    cfg = InvariantConfig(n_samples=5, steps=40, tau=1e-5, lr=0.05, seed=7)
+    whole = find_invariants(obj, q, None, cfg)
+    prior = IdentityPrior((4,))
+    parts = find_invariants_batched(obj, q, prior, cfg, batch_size=2)  # batches of 2, 2, 1
+    assert torch.equal(parts.z_init, whole.z_init)  # Algorithm 1, line 1: one draw for all samples
+    torch.testing.assert_close(parts.z, whole.z, rtol=0, atol=1e-6)
+    assert torch.equal(parts.steps_to_converge, whole.steps_to_converge)
+    assert parts.history["n_active"] == whole.history["n_active"]
+    assert parts.config is cfg and parts.converged.numel() == 5
+    assert concat_results([whole]) is whole
+    with pytest.raises(ValueError, match="results must hold at least one InvariantResult"):
+        concat_results([])
+    with pytest.raises(ValueError, match=r"batch_size must be None or an integer ≥ 1, got 0"):
+        find_invariants_batched(obj, q, prior, cfg, batch_size=0)
+    with pytest.raises(ValueError, match=r"batch_size must be None or ≥ n_samples \(5\) when repulsion > 0"):
+        find_invariants_batched(obj, q, prior, InvariantConfig(n_samples=5, repulsion=1.0), batch_size=2)
+    with pytest.raises(ValueError, match=r"sample_offset must be an integer ≥ 0"):
+        find_invariants(obj, q, None, cfg, sample_offset=-1)

@@ -79,3 +79,14 @@ def test_neuron_map_reads_one_channel_and_removes_its_hook():
         O.neuron_map(net, "1", 9)(x)
     with pytest.raises(ValueError, match=r"reduce must be 'map' or 'mean', got 'max'"):
         O.neuron_map(net, "1", 0, reduce="max")
+
+
+def test_factories_keep_their_model_and_name_its_input():
+    mlp = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+    conv = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten())
+    assert O.logits(mlp).model is mlp and O.class_logit(mlp, 1).model is mlp
+    assert (2 * O.probabilities(mlp)).model is mlp  # weighting keeps it
+    assert O.from_function(lambda x: x, "identity").model is None
+    assert O.expected_input(mlp) == "(B, 3)"
+    assert O.expected_input(conv) == "(B, 1, H, W)"
+    assert O.expected_input(nn.Tanh()) is None and O.expected_input(None) is None

@@ -1,5 +1,5 @@
 """The chapters' notebooks (02, 03, 04) with profile="paper", run by papermill against tiny randomly initialised
-models of the paper classes (equidiff.worlds.imagenet.models.write_tiny_models) and a few query images written here:
+models of the paper classes (equidiff.testing.write_tiny_models) and a few query images written here:
 the same cells as the CPU profile, on the paper world's loaders. Their numbers mean nothing; the
 tests check that every figure is computed or is null with a reason."""
 
@@ -14,7 +14,12 @@ import pytest
 import torch
 from PIL import Image
 
-from equidiff.worlds.imagenet import models as paper
+from equidiff.testing import TINY_CLASSIFIER_KWARGS, write_tiny_models
+from equidiff.worlds import load_world
+from equidiff.worlds.imagenet.config import paper_parameters
+from equidiff.worlds.imagenet.images import query_image_files
+from equidiff.worlds.imagenet.loaders import ModelNotFoundError
+from equidiff.worlds.settings import SETTINGS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -22,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     folder = tmp_path_factory.mktemp("paper_nb")
-    cfg = paper.write_tiny_models(folder / "models")
+    cfg = write_tiny_models(folder / "models")
     fields = json.loads(json.dumps(cfg.to_dict()))  # tuples -> lists: papermill parameters are literals
     fields["cache_dir"] = str(folder / "empty_hub")  # no Inception weights anywhere: FID says why
     images = folder / "query"
@@ -47,7 +52,7 @@ def _finite(*values):
 def _stand_in_inception(folder, fields):
     """Inception's loader pointed at the tiny ResNet: FID's code path with weights present."""
     return {**fields, "inception_model": "resnet50.a1_in1k", "inception_path": fields["classifier_path"],
-            "inception_kwargs": dict(paper.TINY_CLASSIFIER_KWARGS)}
+            "inception_kwargs": dict(TINY_CLASSIFIER_KWARGS)}
 
 
 def test_neurons_notebook_paper_profile(world, tmp_path):
@@ -104,57 +109,49 @@ def test_bad_paper_parameter_stops_the_notebook_naming_it(world, tmp_path):
 
 
 def test_paper_parameters_are_checked(world, tmp_path):
-    from equidiff.chapters import neurons
     from equidiff.chapters import classifier as outputs
-    from equidiff.chapters import sae
+    from equidiff.chapters import neurons
 
     _, fields, images = world
     with pytest.raises(ValueError, match="query_images must be a folder of images or a list of image files "
                                          "for profile 'paper'.*got None"):
-        paper.query_image_files(None)
+        query_image_files(None)
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match="query_images: no images in folder"):
-        paper.query_image_files(str(empty))
-    assert [f.name for f in paper.query_image_files([str(images / "q1.png")])] == ["q1.png"]
+        query_image_files(str(empty))
+    assert [f.name for f in query_image_files([str(images / "q1.png")])] == ["q1.png"]
     with pytest.raises(FileNotFoundError, match="paper_config: file .*missing.json does not exist"):
-        paper.paper_parameters(str(tmp_path / "missing.json"))
+        paper_parameters(str(tmp_path / "missing.json"))
     (tmp_path / "list.json").write_text("[1, 2]")
     with pytest.raises(ValueError, match="paper_config must be a JSON file holding one object"):
-        paper.paper_parameters(str(tmp_path / "list.json"))
+        paper_parameters(str(tmp_path / "list.json"))
     with pytest.raises(ValueError, match="paper_config must be None, the path of a JSON file"):
-        paper.paper_parameters(3)
+        paper_parameters(3)
     with pytest.raises(ValueError, match=r"paper_config: unknown PaperConfig field\(s\) \['batchsize'\]"):
-        paper.paper_parameters({"batchsize": 2})
+        paper_parameters({"batchsize": 2})
     with pytest.raises(ValueError, match="paper_config: batch_size must be an integer ≥ 1, got 0"):
-        paper.paper_parameters(fields, batch_size=0)
-    cfg = paper.paper_parameters(fields, batch_size=3, bf16=True, device="cpu", ddim_steps=2)
+        paper_parameters(fields, batch_size=0)
+    cfg = paper_parameters(fields, batch_size=3, bf16=True, device="cpu", ddim_steps=2)
     assert (cfg.batch_size, cfg.bf16, cfg.device, cfg.ddim_steps) == (3, True, "cpu", 2)
-    assert paper.paper_parameters(fields).batch_size == fields["batch_size"]  # None keeps the config's
-    # the CPU profiles refuse paper-only parameters instead of ignoring them
-    for load in (neurons.load_world, outputs.load_world, sae.load_world):
-        with pytest.raises(ValueError, match="query_images is a parameter of profile 'paper' only"):
-            load("smoke", query_images=str(images))
-    with pytest.raises(ValueError, match=r"query_index must be an integer in \[0, 2\]"):
-        outputs.load_world("paper", 3, paper_config=fields, query_images=str(images))
-    with pytest.raises(ValueError, match=r"neurons must be 'auto' or channels in \[0, 31\]"):
-        neurons.load_world("paper", paper_config=fields, query_images=str(images)).choose([1656])
-    w = outputs.load_world("paper", 0, paper_config=fields, query_images=str(images))
-    with pytest.raises(ValueError, match="methods must be 'all' or names among .* with profile 'paper'"):
-        w.methods(["equidiff", "guidance"])
+    assert paper_parameters(fields).batch_size == fields["batch_size"]  # None keeps the config's
+    # the CPU worlds refuse paper-only parameters instead of ignoring them
+    with pytest.raises(ValueError, match="query_images is a parameter of the 'paper' world only; for the 'smoke' world"):
+        load_world("smoke", query_images=str(images))
+    w = load_world("paper", paper_config=fields, query_images=str(images))
+    with pytest.raises(ValueError, match=r"query_index must be an integer in \[0, 2\] \(the 3 images"):
+        outputs.load_query(w, 3)
+    with pytest.raises(ValueError, match=r"neurons must be 'auto' or a non-empty list of channel integers in \[0, 31\]"):
+        neurons.choose_neurons(w, neurons.neuron_table(w), [1656])
+    with pytest.raises(ValueError, match="methods must be 'all' or names among .* in world 'paper'"):
+        outputs.resolve_methods(["equidiff", "guidance"], w)
 
 
 def test_profiles_accept_paper():
-    from equidiff.chapters import neurons
-    from equidiff.chapters import classifier as outputs
-    from equidiff.chapters import sae
-
-    assert neurons.resolve_profile("paper")["n_samples"] == 32
-    assert outputs.resolve_profile("paper")["ddim_steps"] == 25
-    assert sae.resolve_profile("paper") == "paper"
-    for mod in (neurons, outputs, sae):
-        with pytest.raises(ValueError, match=r"profile must be one of \('cpu', 'smoke', 'paper'\), got 'gpu'"):
-            mod.resolve_profile("gpu")
+    assert SETTINGS["paper"]["neurons"]["n_samples"] == 32 and SETTINGS["paper"]["neurons"]["steps"] == 1024
+    assert SETTINGS["paper"]["classifier"]["ddim_steps"] == 25
+    with pytest.raises(ValueError, match=r"profile must be one of \('cpu', 'smoke', 'paper'\), got 'gpu'"):
+        load_world("gpu")
 
 
 # The per-feature fields of the digits world's metrics.json (equidiff.chapters.sae.run_feature): the paper profile
@@ -205,55 +202,62 @@ def test_sae_notebook_paper_profile(world, tmp_path):
 
 def test_sae_paper_world_errors_and_choices(world, tmp_path):
     from equidiff.chapters import sae
+    from equidiff.sae import choose_active_features, sae_feature
 
     _, fields, images = world
+
+    def load(**changes):  # the paper world's SAE part: the SAE of sae_path on the ViT
+        return sae.load_vit_sae(load_world("paper", paper_config={**fields, **changes}, query_images=str(images)))
+
     # the ViT's weights are missing: the error names the model, where it looked and the fetch command
     missing = tmp_path / "weights" / "vit.safetensors"
-    with pytest.raises(paper.ModelNotFoundError) as err:
-        sae.load_world("paper", paper_config={**fields, "vit_path": str(missing)}, query_images=str(images))
+    with pytest.raises(ModelNotFoundError) as err:
+        load(vit_path=str(missing))
     msg = str(err.value)
     assert "'vit_base_patch32_clip_224.datacompxl'" in msg and f"{missing} (the path given: does not exist)" in msg
     assert (f"hf download timm/vit_base_patch32_clip_224.datacompxl model.safetensors --local-dir {missing.parent}"
             in msg)
     hub = tmp_path / "empty_hub"
-    with pytest.raises(paper.ModelNotFoundError) as err:
-        sae.load_world("paper", paper_config={**fields, "vit_path": None, "cache_dir": str(hub)},
-                       query_images=str(images))
+    with pytest.raises(ModelNotFoundError) as err:
+        load(vit_path=None, cache_dir=str(hub))
     msg = str(err.value)
     assert f"{hub} (Hugging Face cache: no timm/vit_base_patch32_clip_224.datacompxl/model.safetensors" in msg
     assert f"hf download timm/vit_base_patch32_clip_224.datacompxl model.safetensors --cache-dir {hub}" in msg
     # the SAE: none named, a missing folder, another layer, a hook point this chapter does not read
     with pytest.raises(ValueError, match="sae_path: PaperConfig.sae_path must name a folder .* got None"):
-        sae.load_world("paper", paper_config={**fields, "sae_path": None}, query_images=str(images))
+        load(sae_path=None)
     with pytest.raises(FileNotFoundError, match=f"sae_path: SAE folder {tmp_path / 'nope'} does not exist"):
-        sae.load_world("paper", paper_config={**fields, "sae_path": str(tmp_path / "nope")}, query_images=str(images))
+        load(sae_path=str(tmp_path / "nope"))
     with pytest.raises(ValueError, match=r"the SAE was trained on layer 1 \(blocks.1.hook_resid_post\), not layer 0"):
-        sae.load_world("paper", paper_config={**fields, "sae_layer": 0}, query_images=str(images))
+        load(sae_layer=0)
     other = tmp_path / "mlp_sae"
     shutil.copytree(fields["sae_path"], other)
     cfg = json.loads((other / "cfg.json").read_text())
     (other / "cfg.json").write_text(json.dumps({**cfg, "hook_name": "blocks.1.hook_mlp_out"}))
     with pytest.raises(ValueError, match="sae_path: the SAE reads 'blocks.1.hook_mlp_out'; this chapter reads the "
                                          "residual stream"):
-        sae.load_world("paper", paper_config={**fields, "sae_path": str(other)}, query_images=str(images))
+        load(sae_path=str(other))
+    # the digits worlds' SAE recipe parameters are refused at paper scale, by name
+    w = load_world("paper", paper_config={**fields, "sae_features": [5, 7]}, query_images=str(images))
+    with pytest.raises(ValueError, match="expansion is a parameter of the digits worlds"):
+        sae.load_vit_sae(w, expansion=8)
     # the features: given, configured (PaperConfig.sae_features) or the most active; bad ones named
-    w = sae.load_world("paper", paper_config={**fields, "sae_features": [5, 7]}, query_images=str(images))
-    x = w.paper.images[:2]  # the SAE reads the wrapped ViT's blocks[1] after CLIP normalisation and the resize
-    wrapped, inner = (sae.sae_feature(v, 1, w.sae, [5, 7], "mean") for v in (w.paper.vit, w.paper.vit.model))
-    assert torch.allclose(wrapped(x), inner(w.paper.vit.preprocess(x))) and wrapped(x).shape == (2, 2)
-    assert [s.feature for s in w.choose("auto", k=1)] == [5, 7]
-    assert [(s.feature, s.concept, s.selectivity) for s in w.choose([9, 2])] == [(9, None, None), (2, None, None)]
+    part = sae.load_vit_sae(w)
+    x = w.images[:2]  # the SAE reads the wrapped ViT's blocks[1] after CLIP normalisation and the resize
+    wrapped, inner = (sae_feature(v, 1, part.sae, [5, 7], "mean") for v in (part.vit, part.vit.model))
+    assert torch.allclose(wrapped(x), inner(part.vit.preprocess(x))) and wrapped(x).shape == (2, 2)
+    table = sae.measure_features(w, part)
+    assert [s.feature for s in sae.choose(w, part, table, "auto", n_features=1)] == [5, 7]
+    assert [(s.feature, s.concept, s.selectivity) for s in sae.choose(w, part, table, [9, 2])] == [(9, None, None),
+                                                                                                    (2, None, None)]
     with pytest.raises(ValueError, match=r"features must be 'auto' or a non-empty list of feature indices in \[0, 63\]"):
-        w.choose([64])
-    with pytest.raises(ValueError, match="readout must be 'mean', 'max' or 'cls'"):
-        w.choose([1], readout="tokens")
-    w.choose([1], readout="mean")
-    acts = w.activations  # (3, 64) image-level activations of the query images
-    auto = sae.choose_paper_features(acts, "auto", k=3, min_rate=0.0, max_rate=1.0)
+        sae.choose(w, part, table, [64])
+    with pytest.raises(ValueError, match="readout must be"):
+        sae.measure_features(w, part, readout="tokens")
+    acts = sae.measure_features(w, part, readout="mean").activations  # (3, 64) image-level activations
+    auto = choose_active_features(acts, "auto", k=3, min_rate=0.0, max_rate=1.0)
     means = acts.mean(0)
     assert [s.feature for s in auto] == [int(i) for i in torch.argsort(means, descending=True)[:3]]
-    assert sae.choose_paper_features(acts, "auto", k=2, min_rate=0.0, max_rate=1.0, configured=(4,))[0].feature == 4
+    assert choose_active_features(acts, "auto", k=2, min_rate=0.0, max_rate=1.0, configured=(4,))[0].feature == 4
     with pytest.raises(ValueError, match=r"no SAE feature is active on a share of the 3 query images in \[0.4, 0.6\]"):
-        sae.choose_paper_features(acts, "auto", min_rate=0.4, max_rate=0.6)
-    with pytest.raises(ValueError, match=r"ddim_steps must be the prior's T \(3\)"):
-        w.run(w.choose([1])[0], n_samples=1, steps=0, ddim_steps=10)
+        choose_active_features(acts, "auto", min_rate=0.4, max_rate=0.6)

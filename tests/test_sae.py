@@ -1,8 +1,10 @@
 """Sparse autoencoders (thesis Section 4.3): conventions, the SAELens / Prisma loader, hooks, training,
-objectives, feature selection and one tiny run of the Figure 4.3 protocol.
+objectives, feature selection, the digits SAE recipe and the chapter's one code path (a labelled
+world with a judge, and the same world stripped of labels, judge and concepts as the paper world is).
 
 Everything runs on the tiny presets in a temporary cache (seconds)."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -10,8 +12,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from equidiff.chapters import sae as S
-from equidiff.worlds.digits import models as zoo
+from equidiff import sae as S
+from equidiff.chapters import sae as C
+from equidiff.report import figures as plots
+from equidiff.worlds import digits as zoo, load_world
+from equidiff.worlds.digits import sae as DS
+from equidiff.worlds.digits.concepts import CONCEPT_SETS, concept_labels
 
 LAYER = 1  # the tiny ViT has 2 blocks
 
@@ -22,7 +28,7 @@ def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("sae-cache")
     cfg = S.SAETrainConfig(vit="digits-vit-tiny", layer=LAYER, kind="relu", expansion=4, train_steps=40,
                            batch_size=256, warmup_steps=5, views=1)
-    trained = S.get_sae(cfg, root, progress=False)
+    trained = DS.get_sae(cfg, root, progress=False)
     return root, cfg, trained
 
 
@@ -241,7 +247,7 @@ def test_trained_sae_is_cached_in_sae_lens_layout_and_reloads(tiny):
     assert trained.trained_now
     names = sorted(p.name for p in trained.path.iterdir())
     assert names == ["cfg.json", "equidiff.json", "sae_weights.safetensors"]
-    again = S.get_sae(cfg, root, progress=False)
+    again = DS.get_sae(cfg, root, progress=False)
     assert not again.trained_now and again.path == trained.path
     for name in S.WEIGHT_KEYS:
         assert torch.equal(getattr(again.sae, name), getattr(trained.sae, name))
@@ -249,16 +255,17 @@ def test_trained_sae_is_cached_in_sae_lens_layout_and_reloads(tiny):
     assert sae.d_in == 16 and sae.d_sae == 64 and sae.layer == LAYER
     assert torch.allclose(sae.W_dec.norm(dim=1), torch.ones(64), atol=1e-5)  # unit-norm decoder rows
     with pytest.raises(FileNotFoundError, match="no cached SAE"):
-        S.get_sae(S.SAETrainConfig(vit="digits-vit-tiny", layer=LAYER, train_steps=41), root,
+        DS.get_sae(S.SAETrainConfig(vit="digits-vit-tiny", layer=LAYER, train_steps=41), root,
                   train_if_missing=False, progress=False)
 
 
 def test_sae_training_is_deterministic_and_learns(tiny):
     _, cfg, trained = tiny
     vit = trained.vit.model
-    a, info = S.train_sae(vit, cfg)
+    train_tokens = DS.training_tokens(vit, cfg)
+    a, info = S.train_sae(train_tokens, cfg)
     assert all(torch.equal(getattr(a, n), getattr(trained.sae, n)) for n in S.WEIGHT_KEYS)
-    short, _ = S.train_sae(vit, S.SAETrainConfig(**{**cfg.__dict__, "train_steps": 2}))
+    short, _ = S.train_sae(train_tokens, S.SAETrainConfig(**{**cfg.__dict__, "train_steps": 2}))
     x, _ = zoo.load_digits16("test")
     tokens = S.collect_activations(vit, x, LAYER).reshape(-1, 16)
     assert S.evaluate_sae(a, tokens)["variance_explained"] > S.evaluate_sae(short, tokens)["variance_explained"]
@@ -292,7 +299,7 @@ def test_layer_and_compatibility_errors(tiny, tmp_path):
     with pytest.raises(ValueError, match=r"reduce must be one of \('mean', 'max', 'cls', 'tokens'\)"):
         S.sae_code(vit, LAYER, trained.sae, reduce="sum")
     with pytest.raises(ValueError, match="vit must be the name of a ViT preset"):
-        S.get_sae(S.SAETrainConfig(vit="digits-classifier-tiny", layer=0), tmp_path, progress=False)
+        DS.get_sae(S.SAETrainConfig(vit="digits-classifier-tiny", layer=0), tmp_path, progress=False)
 
 
 # ------------------------------------------------------------------------------ objectives
@@ -323,9 +330,11 @@ def test_feature_objective_values_shapes_and_surrogate_gradient(tiny):
 
 # ------------------------------------------------------------------------------ feature selection
 
+DIGITS = list(CONCEPT_SETS["digits"])
+
 
 def _synthetic_table():
-    # 4 features over 20 images of digits 0..3 (5 each); concepts = digit classes + strokes
+    # 4 features over 20 images of digits 0..3 (5 each); concepts = the ten digit classes
     labels = torch.arange(4).repeat_interleave(5)
     acts = torch.zeros(20, 4)
     acts[labels == 2, 0] = 1.0  # feature 0: only digit 2 (rate 0.25, selectivity 1)
@@ -333,22 +342,23 @@ def _synthetic_table():
     acts[labels == 1, 2] = 3.0
     acts[labels == 3, 2] = 1.0  # feature 2: digit 1 with 3/4 of its mass
     acts[0, 3] = 5.0  # feature 3: one image (rate 0.05)
-    names = [f"digit {d}" for d in range(10)]
     concepts = (labels[:, None] == torch.arange(10)[None]).numpy()
     a = acts.double().numpy()
     sel = (a.T @ concepts) / a.sum(0)[:, None]
-    return S.FeatureTable(acts, torch.zeros(20, 1, 16, 16), labels, names, concepts, (a > 0).mean(0), sel, "cls")
+    return S.FeatureTable(acts, torch.zeros(20, 1, 16, 16), labels, DIGITS, concepts, (a > 0).mean(0), sel, "cls")
 
 
 def test_selectivity_and_greedy_selection():
     table = _synthetic_table()
+    assert table.has_concepts
     assert table.best_concept(0) == ("digit 2", 1.0)
     assert table.best_concept(2) == ("digit 1", 0.75)
     chosen = S.select_features(table, k=3, min_rate=0.1, max_rate=0.5)
     assert [(c.feature, c.concept) for c in chosen] == [(0, "digit 2"), (2, "digit 1")]  # 1 fires on all, 3 too rarely
     assert chosen[0].selectivity == 1.0 and chosen[0].firing_rate == 0.25
-    picked = S.choose_features(table, [3], "digits")
+    picked = S.choose_features(table, [3], DIGITS)
     assert picked[0].feature == 3 and picked[0].concept == "digit 0"
+    assert [c.feature for c in S.choose_features(table, "auto", DIGITS, k=1, configured=(2,))] == [2]
     idx, vals = table.top_activating(2, 2)
     assert set(idx.tolist()) <= set(range(5, 10)) and vals.tolist() == [3.0, 3.0]
     with pytest.raises(ValueError, match=r"no feature has a firing rate in \[0.6, 0.9\]"):
@@ -359,53 +369,161 @@ def test_selectivity_and_greedy_selection():
         S.choose_features(table, [4])
     with pytest.raises(ValueError, match=r"feature must be an integer in \[0, 3\]"):
         table.top_activating(9)
-    with pytest.raises(ValueError, match=r"concept_set must be one of"):
-        S.choose_features(table, "auto", "shapes")
+    with pytest.raises(ValueError, match=r"concepts must be names among"):
+        S.choose_features(table, "auto", ["a loop"])
+
+
+def test_choice_without_concept_labels_takes_the_most_active_features():
+    acts = torch.tensor([[0.0, 2.0, 1.0, 0.0], [0.0, 0.0, 3.0, 0.5], [0.0, 1.0, 0.0, 0.0]])  # (3 images, 4 features)
+    rate = (acts > 0).double().mean(0)
+    table = S.FeatureTable(acts, torch.zeros(3, 3, 8, 8), None, [], np.zeros((3, 0), bool), rate.numpy(),
+                           np.zeros((4, 0)), "cls", ["a.png", "b.png", "c.png"])
+    assert not table.has_concepts
+    auto = S.choose_features(table, "auto", k=2, min_rate=0.0, max_rate=1.0)
+    assert [(s.feature, s.concept, s.selectivity) for s in auto] == [(2, None, None), (1, None, None)]
+    assert auto[0].firing_rate == float(table.firing_rate[2])  # the same rate as the table's
+    assert [s.feature for s in S.choose_features(table, "auto", configured=(3,))] == [3]
+    assert [s.feature for s in S.choose_features(table, [0, 3])] == [0, 3]
+    with pytest.raises(ValueError, match=r"no SAE feature is active on a share of the 3 query images in \[0.9, 1.0\]"):
+        S.choose_active_features(acts, "auto", min_rate=0.9, max_rate=1.0)
+    with pytest.raises(ValueError, match=r"sae_features must be feature indices in \[0, 3\]"):
+        S.choose_active_features(acts, "auto", configured=(7,))
+    rows = S.top_image_rows(table, auto, n=8)
+    assert rows[0]["indices"].tolist() == [1, 0, 2] and "labels" not in rows[0]  # at most all 3 images
+    html = C.features_html(table, auto)
+    assert "<th>mean activation</th>" in html and "b.png" in html and "<th>selectivity</th>" not in html
 
 
 def test_feature_table_on_the_tiny_vit(tiny):
     _, _, trained = tiny
     x, y = zoo.load_digits16("test")
-    table = S.feature_table(trained.vit.model, LAYER, trained.sae, x[:50], y[:50])
+    table = S.feature_table(trained.vit.model, LAYER, trained.sae, x[:50], y[:50], concepts=concept_labels(x[:50], y[:50]))
     assert table.activations.shape == (50, 64) and table.selectivity.shape == (64, 14)
     mass = table.activations.double().sum(0).numpy()
     live = mass > 0
     # selectivities over the ten digit classes of a live feature add up to 1
     assert np.allclose(table.selectivity[live, :10].sum(1), 1.0)
     assert np.all((table.firing_rate >= 0) & (table.firing_rate <= 1))
+    bare = S.feature_table(trained.vit.model, LAYER, trained.sae, x[:50])  # no labels, no concepts
+    assert torch.equal(bare.activations, table.activations) and bare.selectivity.shape == (64, 0)
+    assert bare.labels is None and not bare.has_concepts
+    with pytest.raises(ValueError, match=r"reduce must be 'mean', 'max' or 'cls' \(one value per image and feature\)"):
+        S.image_codes(trained.vit.model, LAYER, trained.sae, x[:2], "tokens")
 
 
-# ------------------------------------------------------------------------------ the Figure 4.3 protocol
+# ------------------------------------------------------------------------------ the chapter: one code path
 
 
-def test_run_feature_on_tiny_models(tiny, tmp_path):
+@pytest.fixture(scope="module")
+def smoke(tiny):
+    """The smoke world (tiny classifier and DDPM in the temporary cache) and the tiny SAE as its part."""
     root, _, trained = tiny
-    clf = zoo.get_model("digits-classifier-tiny", root, progress=False)
-    ddpm = zoo.get_model("digits-ddpm-tiny", root, progress=False)
+    world = load_world("smoke", cache_dir=root)
+    part = S.ViTSAE(trained.vit.model, LAYER, trained.sae, "digits ViT", description="tiny ViT + tiny SAE",
+                    record={"vit": "digits-vit-tiny", "vit_test_accuracy": 0.5, "classifier": "digits-classifier-tiny",
+                            "ddpm": "digits-ddpm-tiny", "sae_folder": trained.path.name})
     x, y = zoo.load_digits16("test")
-    table = S.feature_table(trained.vit.model, LAYER, trained.sae, x[:40], y[:40])
+    table = S.feature_table(part.vit, LAYER, part.sae, x[:40], y[:40], concept_labels(x[:40], y[:40]))
+    return world, part, table
+
+
+def _unlabelled(world):
+    """The smoke world without labels, held-out images, judge, concept labels or a ViT head naming its classes
+    (what the paper world lacks), its images named by files."""
+    lacks = {"labels": "no labels here", "test_images": "no held-out images here", "judge": "no judge classifier here",
+             "unit_concepts": "no concept labels here", "vit_classes": "the ViT's head names no classes here"}
+    return dataclasses.replace(world, labels=None, test_images=None, test_labels=None, judge=None, concept_labels=None,
+                               concept_sets={}, lacks=lacks, image_files=[f"q{i}.png" for i in range(len(world.images))])
+
+
+def test_run_feature_on_tiny_models(smoke):
+    world, part, table = smoke
     feat = int(torch.argmax(table.activations.sum(0)))
-    run = S.run_feature(trained.vit, LAYER, trained.sae, clf, ddpm, table, feat, n_samples=3, steps=2,
-                        ddim_steps=2, n_top=5, optimizer="newton", lr=0.5)
+    chosen = S.choose_features(table, [feat], DIGITS)[0]
+    run = C.run_feature(world, part, table, chosen, n_samples=3, steps=2, ddim_steps=2, n_top=5, optimizer="newton",
+                        lr=0.5)
     m = run.metrics
     for key in ("feature", "selectivity", "l2_mean", "l2_std", "success_rate", "sample_label_histogram",
-                "real_label_histogram"):
-        assert key in m
+                "real_label_histogram", "query_label", "sample_vit_label_histogram", "fid"):
+        assert m[key] is not None, key
     assert sum(m["sample_label_histogram"]) == 3 and sum(m["real_label_histogram"]) == 5
     assert m["target_activation"] == pytest.approx(float(table.activations[:, feat].max()))
-    assert run.result.measurements.shape == (3, 1)
-    code = S.run_feature(trained.vit, LAYER, trained.sae, clf, ddpm, table, feat, objective="code",
-                         n_samples=2, steps=1, ddim_steps=2, n_top=3)
+    assert m["concept"] == chosen.concept and m["selectivity"] == chosen.selectivity
+    assert m["query_file"] is None and m["query_file_reason"] and not any(
+        k.endswith("_reason") and k not in ("query_file_reason", "steps_reason", "fid_reason") for k in m)
+    assert run.result.measurements.shape == (3, 1) and run.sample_values.shape == (3,)
+    code = C.run_feature(world, part, table, chosen, objective="code", n_samples=2, steps=1, ddim_steps=2, n_top=3)
     assert code.result.measurements.shape == (2, 64) and code.metrics["m"] == 64
     with pytest.raises(ValueError, match=r"optimizer 'newton' needs a scalar objective"):
-        S.run_feature(trained.vit, LAYER, trained.sae, clf, ddpm, table, feat, objective="code",
-                      optimizer="newton", n_samples=2, steps=1, ddim_steps=2, n_top=3)
+        C.run_feature(world, part, table, chosen, objective="code", optimizer="newton", n_samples=2, steps=1,
+                      ddim_steps=2, n_top=3)
     with pytest.raises(ValueError, match=r"objective must be 'feature'"):
-        S.run_feature(trained.vit, LAYER, trained.sae, clf, ddpm, table, feat, objective="features")
+        C.run_feature(world, part, table, chosen, objective="features")
+    assert C.run_settings(world) == {"n_samples": 4, "steps": 3, "ddim_steps": 3}  # the smoke world's
+    assert "concept rate, real" in C.runs_html(world, [run], 0.01)
+    assert f"#{feat} ({chosen.concept}): real top 5" in C.label_lines(world, [run])
+    assert "confident digits" in C.realism_lines(world, [run])
+    for fig in (plots.sae_feature_figure([run, code], noun="digits"), plots.sae_label_histograms([run])):
+        assert len(fig.axes) > 0
 
 
-def test_profiles():
-    assert S.resolve_profile("smoke") == "smoke"
-    assert S.resolve_profile("paper") == "paper"  # tests/test_paper_notebooks.py runs it on tiny models
-    with pytest.raises(ValueError, match=r"profile must be one of \('cpu', 'smoke', 'paper'\), got 'gpu'"):
-        S.resolve_profile("gpu")
+def test_the_same_functions_run_a_world_without_labels_judge_or_concepts(smoke):
+    world, part, _ = smoke
+    bare = _unlabelled(world)
+    quality = C.measure_quality(bare, part)
+    assert quality["n_test_tokens"] == len(bare.images) * 17 and "no held-out images here" in quality["evaluated_on"]
+    table = C.measure_features(bare, part, "cls")
+    assert not table.has_concepts and table.image_names[0] == "q0.png"
+    with pytest.raises(ValueError, match="concept_set needs concept labels .* which world 'smoke' lacks: no concept"):
+        C.choose(bare, part, table, "auto", "digits")
+    chosen = C.choose(bare, part, table, "auto", n_features=2, min_rate=0.0, max_rate=1.0)
+    assert len(chosen) == 2 and chosen[0].concept is None
+    run = C.run_feature(bare, part, table, chosen[0], n_samples=2, steps=1, ddim_steps=2, n_top=4)
+    m = run.metrics
+    for key in C.FEATURE_NEEDS:  # every figure that needs what this world lacks: None, and says why
+        assert m[key] is None and m[f"{key}_reason"], key
+    assert m["query_file"] == table.image_names[m["query_index"]] and m["fid"] is not None
+    assert run.predicted is None and run.top_predicted is None
+    assert "no judge classifier here" in C.label_lines(bare, [run])
+    assert "<th>concept rate, real</th>" not in C.runs_html(bare, [run], 0.01)
+    assert "no judge classifier here" in C.realism_lines(bare, [run])
+    fig = plots.sae_feature_figure([run])
+    assert len(fig.axes) > 0
+    params = {"seed": 0, "readout": "cls", "objective": "feature", "tau": 0.01, "optimizer": "adam", "lr": 0.1,
+              "lowpass_cutoff": None}
+    loaded = dataclasses.replace(part, record={**part.record, "classifier": None, "vit_test_accuracy": None})
+    metrics = C.chapter_metrics(bare, loaded, quality, [run], C.run_settings(bare), params, 1.0)
+    assert metrics["models"]["classifier"] is None and metrics["models"]["classifier_reason"] == "no judge classifier here"
+    assert metrics["models"]["vit_test_accuracy_reason"] == "no held-out images here"
+    assert metrics["parameters"] == params and metrics["world"] == "smoke" and metrics["steps_budget"] == 3
+
+
+def test_chapter_parameters_are_checked_with_the_notebooks_names(smoke):
+    world, part, table = smoke
+    with pytest.raises(ValueError, match=r"sae_kind must be None \(the world's\) or one of \('relu', 'topk'\), got 'gated'"):
+        C.load_vit_sae(world, sae_kind="gated")
+    with pytest.raises(ValueError, match=r"sae_steps must be None \(the world's\) or an integer ≥ 1, got 0"):
+        C.load_vit_sae(world, sae_steps=0)
+    with pytest.raises(ValueError, match=r"n_features must be an integer ≥ 1, got 0"):
+        C.choose(world, part, table, "auto", n_features=0)
+    with pytest.raises(ValueError, match=r"n_features must be an integer in \[1, 10\] \(one feature per distinct concept"):
+        C.choose(world, part, table, "auto", n_features=11)
+    with pytest.raises(ValueError, match=r"concept_set must be one of \('all', 'digits', 'strokes'\), got 'shapes'"):
+        C.choose(world, part, table, "auto", "shapes")
+    with pytest.raises(ValueError, match="readout must be 'mean', 'max' or 'cls'"):
+        C.measure_features(world, part, "tokens")
+    strokes = C.choose(world, part, table, "auto", "strokes", n_features=1, min_rate=0.0, max_rate=1.0)
+    assert strokes[0].concept in CONCEPT_SETS["strokes"]
+
+
+def test_the_digits_world_loads_its_sae_as_a_part(tiny):
+    root, _, trained = tiny
+    world = load_world("smoke", cache_dir=root)
+    part = C.load_vit_sae(world, layer=LAYER, sae_steps=2)  # the world's other values: relu, expansion 4, seed 0
+    assert isinstance(part, S.ViTSAE) and part.layer == LAYER and part.sae.kind == "relu" and part.expansion == 4
+    assert part.record["vit"] == "digits-vit-tiny" and part.record["sae_folder"].startswith("digits-vit-tiny-sae-relu-")
+    assert part.description.startswith("ViT digits-vit-tiny: test accuracy")
+    again = C.load_vit_sae(world, layer=LAYER, sae_steps=2)
+    assert again is part  # loaded once per parameters
+    cfg = S.SAETrainConfig(vit="digits-vit-tiny", layer=LAYER, train_steps=2)
+    assert (root / part.record["sae_folder"]) == DS.sae_folder(cfg, trained.vit.path, root)

@@ -1,12 +1,23 @@
-"""The planted-shortcut world (equidiff.shortcut) and member selection (equidiff.select)."""
+"""The planted-shortcut world (equidiff.worlds.digits.shortcut), its detection through invariant sets
+and the member selection demos (equidiff.chapters.applications), member selection (equidiff.core.members)."""
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
+from equidiff.chapters import applications as app
 from equidiff.core import members as sel
+from equidiff.core.metrics import bootstrap_interval
+from equidiff.worlds import digits as zoo
+from equidiff.worlds import load_world
 from equidiff.worlds.digits import shortcut as sc
-from equidiff.worlds.digits import models as zoo
+from equidiff.worlds.digits.world import PRESETS
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    return load_world("smoke", cache_dir=tmp_path_factory.mktemp("zoo"))
 
 
 def test_world_validation():
@@ -29,7 +40,7 @@ def test_marker_round_trip_and_real_digits_are_unmarked():
     assert torch.equal(marked[1], x[1])  # untouched where not asked
     assert not sc.has_marker(sc.remove_marker(marked)).any()
     assert torch.equal(sc.remove_marker(marked)[:, :, 3:], x[:10, :, 3:])  # only the corner changes
-    with pytest.raises(ValueError, match=r"images must be a tensor of shape \(N, 1, H, W\)"):
+    with pytest.raises(ValueError, match=r"images must be a tensor of grey images, shape \(N, 1, H, W\)"):
         sc.has_marker(torch.zeros(3, 16, 16))
 
 
@@ -78,11 +89,12 @@ def test_reliance_of_a_pure_shortcut():
 
 
 def test_bootstrap_interval():
-    lo, hi = sc.bootstrap_interval(np.array([1] * 10 + [0] * 30))
+    lo, hi = bootstrap_interval(np.array([1] * 10 + [0] * 30))
     assert lo < 0.25 < hi and 0.0 <= lo and hi <= 1.0
-    lo2, hi2 = sc.bootstrap_interval(np.array([1] * 100 + [0] * 300))
+    lo2, hi2 = bootstrap_interval(np.array([1] * 100 + [0] * 300))
     assert hi2 - lo2 < hi - lo  # more members, narrower interval
-    assert sc.bootstrap_interval(np.ones(5)) == (1.0, 1.0)
+    assert bootstrap_interval(np.ones(5)) == (1.0, 1.0)
+    assert all(np.isnan(v) for v in bootstrap_interval(np.array([])))
 
 
 def test_load_or_train_with_custom_data(tmp_path):
@@ -100,29 +112,40 @@ def test_load_or_train_with_custom_data(tmp_path):
         zoo.train_classifier(cfg, data=torch.zeros(3))
 
 
-def test_models_queries_and_detection_on_tiny_models(tmp_path):
-    w = sc.ShortcutWorld()
-    models = sc.get_models(w, "smoke", cache_dir=tmp_path, progress=False)
-    assert models.prior.path.name.startswith("shortcut-digits-ddpm-tiny-")
-    assert models.control.path != models.shortcut.path
+def test_models_queries_and_detection_on_tiny_models(smoke, tmp_path):
+    models = smoke.part("shortcut")  # the world's part: its own presets (smoke: the tiny ones), its cache
+    w = models.world
+    assert w == sc.ShortcutWorld()
+    assert models.prior.path.name.startswith(f"shortcut-{PRESETS['smoke']['ddpm']}-")
+    assert models.shortcut.path.name.startswith(f"shortcut-{PRESETS['smoke']['classifier']}-")
+    assert models.control.path != models.shortcut.path and models.judge.name == PRESETS["smoke"]["classifier"]
+    assert models.prior.path.parent == smoke.params["cache_dir"]
     q, idx = sc.marked_queries(models.shortcut, w, 2)
     assert q.shape == (2, 1, 16, 16) and sc.has_marker(q).all()
     _, y = zoo.load_digits16("test")
     assert all(int(y[i]) == 3 for i in idx)
     with pytest.raises(ValueError, match=r"n_queries must be an integer in \[1, \d+\]"):
         sc.marked_queries(models.shortcut, w, 0)
-    d = sc.detect(models.shortcut, models, q, name="shortcut", n_samples=3, steps=2, ddim_steps=2)
+    d = app.detect(models.shortcut, models, q, name="shortcut", n_samples=3, steps=2, ddim_steps=2)
     assert d.x.shape == (6, 1, 16, 16) and d.query_of.tolist() == [0, 0, 0, 1, 1, 1]
     assert torch.equal(d.hits, d.converged & d.marked & (d.judged != 3))
     s = d.summary()
-    assert s["n_samples"] == 6 and 0 <= s["share"] <= 1 or s["n_members"] == 0
-    from safetensors.torch import load_file
-
-    sc.save_detections({"shortcut": d}, tmp_path / "det.safetensors")
+    assert s["n_samples"] == 6 and (0 <= s["share"] <= 1 or s["n_members"] == 0)
+    app.save_detections({"shortcut": d}, tmp_path / "det.safetensors")
     back = load_file(str(tmp_path / "det.safetensors"))
     assert torch.equal(back["shortcut.x"], d.x) and torch.equal(back["shortcut.judged"], d.judged)
-    with pytest.raises(ValueError, match=r"profile must be one of \('cpu', 'smoke'\)"):
-        sc.get_models(w, "gpu")
+    # the optimiser is a parameter (the thesis' SGD runs by parameters alone); same starting noise
+    sgd = app.detect(models.shortcut, models, q[:1], name="shortcut", n_samples=3, steps=2, ddim_steps=2,
+                     optimizer="sgd", lr=10.0, tau=1e-12)
+    adam = app.detect(models.shortcut, models, q[:1], name="shortcut", n_samples=3, steps=2, ddim_steps=2, tau=1e-12)
+    assert not torch.equal(sgd.x, adam.x)
+    with pytest.raises(ValueError, match=r"optimizer must be one of"):
+        app.detect(models.shortcut, models, q[:1], name="shortcut", n_samples=2, steps=1, optimizer="rmsprop")
+    # another plant is another set of models; a bad plant is refused by name before anything trains
+    with pytest.raises(ValueError, match=r"marker_rate must be a probability in \[0, 1\], got 2"):
+        smoke.part("shortcut", marker_rate=2)
+    with pytest.raises(ValueError, match=r"presets must be a dict with 'classifier' and 'ddpm' preset names"):
+        sc.get_models(w, {"classifier": "digits-classifier-tiny"})
 
 
 def test_select_members_prefers_novel_and_spread():
@@ -166,11 +189,30 @@ def test_member_pool():
 def test_verdict():
     a = {"share": 0.2, "interval": [0.1, 0.3]}
     b = {"share": 0.02, "interval": [0.0, 0.05]}
-    assert "do not overlap" in sc.verdict({"shortcut": a, "control": b})
-    assert "overlap — this run cannot tell" in sc.verdict({"shortcut": a, "control": {"share": 0.1, "interval": [0.05, 0.2]}})
-    assert "did not find" in sc.verdict({"shortcut": b, "control": a})
+    assert "do not overlap" in app.verdict({"shortcut": a, "control": b})
+    assert "overlap — this run cannot tell" in app.verdict({"shortcut": a, "control": {"share": 0.1, "interval": [0.05, 0.2]}})
+    assert "did not find" in app.verdict({"shortcut": b, "control": a})
 
 
-def test_selection_demos_reject_bad_profile():
-    with pytest.raises(ValueError, match=r"profile must be one of \('cpu', 'smoke'\), got 'paper'"):
-        sel.neuron_selection("paper", 5, 2)
+def test_neuron_selection_runs_the_neuron_chapter_on_the_world(smoke):
+    demo = app.neuron_selection(smoke, 5, 2, n_samples=3, steps=1, ddim_steps=2)
+    assert demo["n_samples"] == 3 and 0 <= demo["n_members"] <= 3
+    assert len(demo["x"]) in (demo["n_members"], 3) and demo["x"].abs().max() <= 1
+    assert len(demo["selection"].indices) == 2 and len(demo["predicted"]) == len(demo["x"])
+    assert not set(demo["rest"]) & set(demo["selection"].indices)
+    # novelty is measured against the world's (training) images
+    assert demo["selection"].novelty == pytest.approx(sel.nearest_distance(demo["x"], smoke.images))
+
+
+def test_circles_selection_picks_points_of_the_level_set():
+    demo = app.circles_selection([0.5, 0.3], 3, n=32, seed=0)
+    assert demo["points"].shape == (32, 2) and len(demo["selection"].indices) == 3
+    assert demo["train"].shape[1] == 2
+
+
+def test_a_world_without_the_shortcut_part_says_so(smoke):
+    import dataclasses
+
+    bare = dataclasses.replace(smoke, loaders={k: v for k, v in smoke.loaders.items() if k != "shortcut"})
+    with pytest.raises(ValueError, match=r"world 'smoke' has no part 'shortcut'"):
+        bare.part("shortcut")

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from equidiff.worlds import circles as toy
+from equidiff.chapters import circles as circles_chapter
 
 
 def test_classifier_accuracy_and_probabilities_strictly_inside(circles_model):
@@ -34,12 +35,12 @@ def test_cache_round_trip(tmp_path):
 
 def test_invariant_points_cover_the_exact_level_curve(circles_model):
     model, _ = circles_model
-    r = toy.analyse_query(model, [0.7, -0.6], n=512, tau=0.005)
+    r = circles_chapter.analyse_query(model, [0.7, -0.6], n=512, tau=0.005)
     assert r["n"] == 512
     assert r["max_abs_error"] < 0.005
     assert r["coverage"] >= 0.95
     # the measure can fail: a handful of points cannot cover the curve
-    few = toy.analyse_query(model, [0.7, -0.6], n=8, tau=0.005)
+    few = circles_chapter.analyse_query(model, [0.7, -0.6], n=8, tau=0.005)
     assert few["coverage"] < 0.5
 
 
@@ -73,7 +74,7 @@ def test_prior_maps_noise_onto_the_moons_and_is_differentiable():
 )
 def test_bad_query_points(circles_model, query, message):
     with pytest.raises(ValueError, match=message):
-        toy.analyse_query(circles_model[0], query, n=4)
+        circles_chapter.analyse_query(circles_model[0], query, n=4)
 
 
 def test_bad_tau_and_config():
@@ -83,3 +84,24 @@ def test_bad_tau_and_config():
         toy.CirclesConfig(epochs=0)
     with pytest.raises(ValueError, match=r"extent must be in \(1, 2.5\]"):
         toy.CirclesConfig(extent=0.5)
+
+
+def test_a_query_of_the_wrong_width_names_the_expected_shape(circles_model):
+    """3 features for the 2D MLP: a ValueError naming query, its shape and the (B, 2) the MLP takes."""
+    from equidiff import InvariantConfig, find_invariants
+    from equidiff.core.objectives import class_logit
+
+    obj = class_logit(circles_model[0], 0, name="circle MLP")
+    with pytest.raises(ValueError, match=r"query of shape \(1, 3\) does not fit the objective 'logit 0 of circle MLP' "
+                                         r"\(its model's first layer takes \(B, 2\)\): mat1 and mat2 shapes"):
+        find_invariants(obj, torch.zeros(1, 3), None, InvariantConfig(n_samples=2, steps=1))
+
+
+def test_the_2d_prior_is_a_public_ddim_chain():
+    from equidiff.core.priors import DDIMChain
+
+    cfg = toy.ToyPriorConfig(train_steps=1)
+    prior = toy.ToyDDIMPrior(toy.ToyDenoiser(cfg.hidden), cfg, num_steps=2)
+    assert isinstance(prior, DDIMChain)
+    x = torch.tensor([[3.0, -4.0]])
+    assert torch.equal(prior.finish(x), x)  # the plane extends beyond [-1, 1]: no clamping

@@ -5,13 +5,17 @@ the check of the real, cached models is marked ``slow``.
 """
 
 import json
-import os
+import shutil
 
 import pytest
 import torch
 from safetensors import safe_open
+from sklearn.datasets import load_digits
 
-from equidiff.worlds.digits import models as zoo
+from equidiff import cache
+from equidiff.core.objectives import capture_activation
+from equidiff.core.priors import PixelDDIMPrior
+from equidiff.worlds import digits as zoo
 
 TINY_DDPM = "digits-ddpm-tiny"
 TINY_CLF = "digits-classifier-tiny"
@@ -55,8 +59,6 @@ def test_digits16_is_deterministic_and_returns_copies():
 
 
 def test_digits16_is_a_bilinear_upsampling_of_the_8x8_digits():
-    from sklearn.datasets import load_digits
-
     x8 = torch.as_tensor(load_digits().images[:5], dtype=torch.float32) / 8.0 - 1.0  # [-1, 1]
     xa, _ = zoo.load_digits16("all")
     # bilinear ×2, align_corners=False: output pixel 2 sits at input coordinate (2 + 0.5) / 2 - 0.5 = 0.75,
@@ -268,8 +270,6 @@ def test_config_changes_change_the_folder():
 
 def test_a_folder_with_another_config_is_refused(tmp_path, tiny_cache):
     _, ddpm, _ = tiny_cache
-    import shutil
-
     folder = zoo.model_folder(ddpm.config, TINY_DDPM, tmp_path)
     shutil.copytree(ddpm.path, folder)
     stored = json.loads((folder / "config.json").read_text())
@@ -277,6 +277,44 @@ def test_a_folder_with_another_config_is_refused(tmp_path, tiny_cache):
     (folder / "config.json").write_text(json.dumps(stored))
     with pytest.raises(ValueError, match="holds a different config or code version"):
         zoo.get_model(TINY_DDPM, tmp_path)
+
+
+def test_atomic_folder_renames_only_a_complete_folder(tmp_path):
+    folder = tmp_path / "sub" / "model-abc"
+    with pytest.raises(RuntimeError, match="interrupted"):
+        with cache.atomic_folder(folder) as tmp:
+            (tmp / "half.json").write_text("{}")
+            raise RuntimeError("interrupted")
+    assert not folder.exists() and list(folder.parent.iterdir()) == []  # nothing half-written is left
+    with cache.atomic_folder(folder) as tmp:
+        assert tmp.is_dir() and tmp.parent == folder.parent and tmp.name.startswith(".model-abc.tmp-")
+        cache.write_json(tmp / "config.json", {"a": 1})
+        assert not folder.exists()  # renamed into place only when the block ends
+    assert json.loads((folder / "config.json").read_text()) == {"a": 1}
+    # another process finished first: its folder is kept, ours is dropped
+    with cache.atomic_folder(folder) as tmp:
+        cache.write_json(tmp / "config.json", {"a": 2})
+    assert json.loads((folder / "config.json").read_text()) == {"a": 1}
+    assert [p.name for p in folder.parent.iterdir()] == ["model-abc"]
+
+
+def test_cache_load_or_train_trains_once_and_loads_the_safetensors(tmp_path):
+    calls = []
+
+    def train():
+        calls.append(1)
+        torch.manual_seed(0)
+        return torch.nn.Linear(3, 2), {"accuracy": 0.5}
+
+    config = {"width": 3}
+    model, info = cache.load_or_train("lin", config, "7", torch.nn.Linear(3, 2), train, tmp_path)
+    again, info2 = cache.load_or_train("lin", config, "7", torch.nn.Linear(3, 2), train, tmp_path)
+    assert len(calls) == 1 and info == info2 == {"accuracy": 0.5}
+    assert torch.equal(model.weight, again.weight) and not again.training
+    folder = cache.model_dir("lin", config, "7", tmp_path)
+    assert folder.name == f"lin-{cache.config_hash(config, '7')}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [folder.name]
+    assert json.loads((folder / "config.json").read_text()) == {"config": config, "accuracy": 0.5}
 
 
 # ------------------------------------------------------------------------------ quality gate
@@ -307,10 +345,9 @@ def test_quality_gate_is_seeded_and_consistent(tiny_cache, tmp_path):
 
 def test_quality_gate_matches_the_pixel_ddim_prior(tiny_cache):
     """The gate's DDIMPipeline samples equal equidiff's differentiable prior for the same seed."""
-    diffusion = pytest.importorskip("equidiff.diffusion")
     _, ddpm, clf = tiny_cache
     r = zoo.quality_gate(ddpm.model, ddpm.scheduler, clf.model, n=6, num_inference_steps=4, seed=2)
-    prior = diffusion.PixelDDIMPrior(ddpm.model, ddpm.scheduler, num_steps=4, checkpointing=False)
+    prior = PixelDDIMPrior(ddpm.model, ddpm.scheduler, num_steps=4, checkpointing=False)
     with torch.no_grad():
         x = prior(prior.sample_latents(6, torch.Generator().manual_seed(2)))
     assert torch.allclose(x, r.samples, atol=1e-5)
@@ -350,8 +387,6 @@ def test_vit_config_validation(kwargs, message):
 
 
 def test_vit_preset_trains_caches_and_exposes_the_residual_stream(tmp_path):
-    from equidiff.core.objectives import capture_activation
-
     vit = zoo.get_model("digits-vit-tiny", tmp_path, progress=False)
     assert vit.kind == "vit" and vit.trained_now and vit.scheduler is None
     assert sorted(p.name for p in vit.path.iterdir()) == ["config.json", "model.safetensors"]

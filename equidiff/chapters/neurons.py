@@ -1,238 +1,115 @@
-"""Thesis Section 4.2 in the embedded world: invariant sets of single neurons of the digits ResNet.
+"""Thesis Section 4.2: invariant sets of single neurons, in any world.
 
 The thesis picks three neurons of ResNet-50's last stage (#1656 zebra striping, #1052 honeycomb,
-#421 gyromitra) by their *semantic alignment* r from SemanticLens [Dreyer et al., 2025], which
-embeds each neuron's top-activating ImageNet patches with CLIP and compares them with text
-concepts (Appendix .5). Neither CLIP nor ImageNet is available offline, so this module computes
-an alignment that needs neither:
+#421 gyromitra) by their *semantic alignment* r from SemanticLens [Dreyer et al., 2025] and, for
+each, samples 32 members of IS(x*) = {x : n(x) = n(x*)}, where n(x) is the neuron's whole map of
+pre-activation values (Table 4.1, Figures 4.1-4.2). A *neuron* is one channel of the world's
+neuron layer (``world.neuron_layer``, read as ``world.neuron_read``); every function here takes a
+:class:`~equidiff.worlds.base.World` and runs the same code for every world:
 
-* **Concepts** (:func:`concept_labels`) are labels computed automatically on the digits: the ten
-  digit classes and four stroke shapes measured on the thresholded image — ``closed loop`` (a
-  background region not connected to the border, found with ``scipy.ndimage.label``), ``two
-  loops``, ``horizontal bar`` (a row with a long run of ink) and ``vertical stroke`` (a column
-  with a long run of ink).
-* **Alignment r** (:func:`alignment_scores`) of a channel with a concept is the point-biserial
-  correlation: Pearson's r between the channel's mean pre-activation (the mean of its 4×4 map,
-  read before the block's final activation) and the concept's 0/1 label, over the training
-  digits. r ∈ [-1, 1]; r = 1 would mean the channel's activation separates the images with the
-  concept from those without it perfectly (linearly). It is a *correlation over a labelled
-  data set* (as in Network Dissection), not SemanticLens' CLIP similarity: the numbers are on a
-  different scale from the thesis' r = 0.88–0.95.
-
-:func:`run_neuron` is the protocol of Section 4.2.2 for one neuron: the query x* is the image
-that activates the channel most strongly; the objective is the channel's whole 4×4 pre-activation
-map (16 values, the analogue of the thesis' 7×7 = 49 "logits"); ``n_samples`` invariant samples
-come from :func:`equidiff.core.invariants.find_invariants` through the pixel DDIM prior; the returned
-metrics are those of Table 4.1 plus diversity and the classifier's reading of the samples.
+* :func:`neuron_table` — every channel's mean pre-activation over the world's images and, where
+  the world labels concepts (``world.has("unit_concepts")``: the digits world's digit classes and
+  stroke shapes, :mod:`equidiff.worlds.digits.concepts`), its alignment r with each concept: the
+  point-biserial correlation (:func:`equidiff.core.units.alignment_scores`) — a correlation over a
+  labelled data set, not SemanticLens' CLIP similarity, so on another scale than the thesis'
+  r = 0.88-0.95. A world without concept labels gives the r of the units the thesis names
+  (``world.known_units``).
+* :func:`choose_neurons` — ``"auto"``: high alignment, distinct concepts (Appendix .5.1), or the
+  thesis' units; or the user's channels.
+* :func:`run_neuron` — the protocol of Section 4.2.2 for one neuron: the query x* is the world's
+  image that activates it most strongly; the objective its whole pre-activation map; Algorithm 1
+  through the world's deterministic DDIM prior (``world.batch_size`` samples at a time); the
+  metrics of Table 4.1 plus diversity and the classifier's reading of the samples.
+* :func:`run_all` — every chosen neuron, side by side in worker processes on a CPU world
+  (:mod:`equidiff.run.pool`), one torch thread each: the numbers do not depend on ``workers``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import math
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
 
-from equidiff._validate import bad as _bad
-from equidiff.core.objectives import capture_activation, neuron_map, resolve_module
+from equidiff._validate import bad
+from equidiff.core.batched import find_invariants_batched
+from equidiff.core.invariants import InvariantConfig
+from equidiff.core.metrics import classifier_features, diversity, l1_l2
+from equidiff.core.objectives import neuron_map
+from equidiff.core.units import alignment_scores, channel_activations, concept_columns, greedy_distinct_pairs, is_index
 from equidiff.report.progress import ProgressLine
+from equidiff.report.tables import html_table
+from equidiff.run.pool import run_world_pool
 
 __all__ = [
-    "LAYER",
-    "PROFILES",
-    "PAPER_NEURONS",
-    "PAPER_ALIGNMENT",
-    "PAPER_PROFILE",
-    "NeuronWorld",
-    "load_world",
-    "run_paper_neuron",
-    "sample_summaries",
-    "DIGIT_CONCEPTS",
-    "STROKE_CONCEPTS",
-    "CONCEPTS",
-    "closed_loops",
-    "longest_run",
-    "concept_labels",
-    "channel_activations",
-    "alignment_scores",
+    "CHAPTER",
+    "SETTINGS",
     "AlignmentTable",
-    "alignment_table",
+    "neuron_table",
+    "alignment_rows",
+    "alignment_html",
     "SelectedNeuron",
     "select_neurons",
+    "choose_neurons",
     "top_activating",
-    "resolve_profile",
+    "top_image_rows",
+    "neuron_settings",
     "NeuronRun",
     "run_neuron",
-    "choose_neurons",
-    "top_image_rows",
-    "html_table",
-    "alignment_html",
+    "run_all",
     "table_rows",
     "table_html",
+    "sample_summaries",
 ]
 
-# The neuron layer: the *input* of the last block's final activation (read="input"), i.e. the
-# unbounded pre-activation values — the thesis' "L2 losses computed on unbounded activation logits".
-LAYER = "layer4.0.act2"
-
-# Defaults per profile (explicit arguments of run_neuron override them).
-PROFILES: dict[str, dict] = {
-    "cpu": {"n_samples": 32, "steps": 200, "ddim_steps": 10},  # Section 4.2.2: 32 samples per neuron
-    "smoke": {"n_samples": 4, "steps": 20, "ddim_steps": 5},  # seconds-long run of the same code path
-}
-# The thesis' neurons (ResNet-50, last stage, Section 4.2.1) and their SemanticLens alignment r as the
-# thesis reports it (not recomputed here: SemanticLens needs CLIP and ImageNet).
-PAPER_NEURONS = {1656: "zebra striping", 1052: "honeycomb", 421: "gyromitra"}
-PAPER_ALIGNMENT = {1656: 0.945, 1052: 0.880, 421: 0.952}
-# profile "paper": the thesis' protocol (Section 4.2.2: 32 samples, 1,024 steps); DDIM steps of the latent DiT
-PAPER_PROFILE = {"n_samples": 32, "steps": 1024, "ddim_steps": 25}
-
-DIGIT_CONCEPTS = tuple(f"digit {d}" for d in range(10))
-STROKE_CONCEPTS = ("closed loop", "two loops", "horizontal bar", "vertical stroke")
-CONCEPTS = DIGIT_CONCEPTS + STROKE_CONCEPTS
-CONCEPT_SETS = {"all": CONCEPTS, "digits": DIGIT_CONCEPTS, "strokes": STROKE_CONCEPTS}
-
-# Thresholds of the stroke concepts, on images in [-1, 1] (background -1, ink +1).
-HOLE_INK = -0.25  # a pixel is ink for the loop test if its value is > -0.25 (intensity > 0.375)
-RUN_INK = 0.0  # a pixel is ink for the bar / stroke tests if its value is > 0 (intensity > 0.5)
-BAR_RUN = 10  # horizontal bar: some row holds ≥ 10 consecutive ink pixels (of 16)
-STROKE_RUN = 14  # vertical stroke: some column holds ≥ 14 consecutive ink pixels (of 16)
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-
-def _check_images(images) -> torch.Tensor:
-    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 1:
-        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise _bad("images", shape, "a tensor of grey images, shape (N, 1, H, W), values in [-1, 1]")
-    return images
+CHAPTER = "neurons"  # this chapter's key in the worlds' defaults (equidiff.worlds.settings.SETTINGS)
+# run_neuron's settings (the keyword arguments run_all passes on); n_samples, steps and ddim_steps
+# left None take the world's value
+SETTINGS = ("n_samples", "steps", "ddim_steps", "tau", "optimizer", "lr", "seed", "restart_after", "lowpass_cutoff")
 
 
 # --------------------------------------------------------------------------------------------
-# Concepts
+# Alignment: the channels of the neuron layer against the world's concepts
 # --------------------------------------------------------------------------------------------
-
-
-def closed_loops(image: np.ndarray, threshold: float = HOLE_INK) -> int:
-    """Number of holes of one (H, W) image: background regions not connected to the border.
-
-    Background is labelled with 4-connectivity (``scipy.ndimage.label``'s default), the
-    topologically consistent partner of 8-connected ink: a diagonal gap in a stroke does not open
-    a loop.
-    """
-    from scipy import ndimage
-
-    bg = np.asarray(image) <= threshold  # (H, W) background pixels
-    lab, n = ndimage.label(bg)
-    border = set(np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))) - {0}
-    return int(sum(1 for i in range(1, n + 1) if i not in border))
-
-
-def longest_run(mask: np.ndarray, axis: int) -> int:
-    """Longest run of consecutive True values along ``axis`` (1: within rows, 0: within columns)."""
-    m = np.asarray(mask, dtype=bool)
-    if axis == 0:
-        m = m.T
-    best = 0
-    for row in m:
-        cur = 0
-        for v in row:
-            cur = cur + 1 if v else 0
-            best = max(best, cur)
-    return best
-
-
-def concept_labels(images: torch.Tensor, labels=None) -> tuple[np.ndarray, list[str]]:
-    """Binary concept matrix of the images: ``(N, n_concepts)`` bool, and the concept names.
-
-    With ``labels`` (N,) the ten digit classes come first (``"digit 0"`` ... ``"digit 9"``), then
-    the stroke concepts of :data:`STROKE_CONCEPTS`; without labels only the stroke concepts.
-    """
-    images = _check_images(images)
-    x = images[:, 0].detach().cpu().numpy()  # (N, H, W)
-    holes = np.array([closed_loops(im) for im in x])
-    ink = x > RUN_INK
-    hrun = np.array([longest_run(m, axis=1) for m in ink])
-    vrun = np.array([longest_run(m, axis=0) for m in ink])
-    strokes = np.stack([holes >= 1, holes >= 2, hrun >= BAR_RUN, vrun >= STROKE_RUN], 1)
-    if labels is None:
-        return strokes, list(STROKE_CONCEPTS)
-    y = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels).reshape(-1)
-    if len(y) != len(x):
-        raise _bad("labels", f"{len(y)} labels", f"one label per image ({len(x)})")
-    digits = y[:, None] == np.arange(10)[None, :]
-    return np.concatenate([digits, strokes], 1), list(CONCEPTS)
-
-
-# --------------------------------------------------------------------------------------------
-# Alignment
-# --------------------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def channel_activations(model, images: torch.Tensor, layer: str = LAYER, reduce: str = "mean",
-                        batch: int = 512) -> torch.Tensor:
-    """Pre-activations of every channel of ``layer`` (its input): (N, C) means, or (N, C, H, W) maps."""
-    if reduce not in ("mean", "map"):
-        raise _bad("reduce", reduce, "'mean' or 'map'")
-    images = _check_images(images)
-    module = resolve_module(model, layer)
-    out = []
-    for i in range(0, len(images), batch):
-        with capture_activation(module) as store:
-            model(images[i : i + batch])
-        a = store["input"]  # (B, C, H, W)
-        out.append(a.mean((2, 3)) if reduce == "mean" else a)
-    return torch.cat(out)
-
-
-def alignment_scores(activations, concepts) -> np.ndarray:
-    """Point-biserial correlation r of every channel with every concept: (C, K), values in [-1, 1].
-
-    ``activations`` (N, C): one scalar per image and channel; ``concepts`` (N, K) 0/1 labels.
-    A concept or channel that is constant over the images has no defined correlation: r = 0.
-    """
-    a = np.asarray(activations, dtype=np.float64)
-    c = np.asarray(concepts, dtype=np.float64)
-    if a.ndim != 2 or c.ndim != 2 or len(a) != len(c):
-        raise _bad("activations, concepts", (a.shape, c.shape), "arrays (N, C) and (N, K) with the same N")
-    a = a - a.mean(0)
-    c = c - c.mean(0)
-    num = a.T @ c  # (C, K)
-    den = np.sqrt((a**2).sum(0))[:, None] * np.sqrt((c**2).sum(0))[None, :]
-    r = np.divide(num, den, out=np.zeros_like(num), where=den > 0)
-    return np.clip(r, -1.0, 1.0)
 
 
 @dataclass
 class AlignmentTable:
-    """Alignment of every channel of the neuron layer with every concept, over one data set."""
+    """The neuron layer's channels over the world's images: activations and, where the world labels
+    concepts, every channel's alignment with every concept (K = 0 concepts otherwise)."""
 
     scores: np.ndarray  # (C, K) point-biserial r
     concepts: list  # K concept names
     activations: torch.Tensor  # (N, C) channel-mean pre-activations of the images
     labels: np.ndarray  # (N, K) bool concept labels
-    images: torch.Tensor  # (N, 1, H, W) the images the table was computed on
-    digit_labels: torch.Tensor  # (N,) digit classes
+    images: torch.Tensor  # (N, C', H, W) the images the table was computed on
+    classes: Optional[torch.Tensor]  # (N,) their true classes; None when the world has no labels
+
+    @property
+    def n_channels(self) -> int:
+        return int(self.activations.shape[1])
+
+    def check_channel(self, channel, name: str = "channel") -> int:
+        if not is_index(channel) or not (0 <= int(channel) < self.n_channels):
+            raise bad(name, channel, f"an integer in [0, {self.n_channels - 1}] (channels of the neuron layer)")
+        return int(channel)
 
     def best_channel(self, concept: str) -> tuple[int, float]:
         """The channel most aligned with ``concept`` and its r."""
         if concept not in self.concepts:
-            raise _bad("concept", concept, f"one of {self.concepts}")
+            raise bad("concept", concept, f"one of {self.concepts}")
         k = self.concepts.index(concept)
         ch = int(np.argmax(self.scores[:, k]))
         return ch, float(self.scores[ch, k])
 
     def best_concept(self, channel: int) -> tuple[str, float]:
         """The concept ``channel`` is most aligned with and its r."""
-        _check_channel(channel, self.scores.shape[0])
+        channel = self.check_channel(channel)
+        if not self.concepts:
+            raise ValueError("this table has no concepts: the world labels none (see world.lacks['unit_concepts'])")
         k = int(np.argmax(self.scores[channel]))
         return self.concepts[k], float(self.scores[channel, k])
 
@@ -245,25 +122,50 @@ class AlignmentTable:
         return out
 
 
-def _check_channel(channel, n_channels: int) -> int:
-    if not _is_int(channel) or not (0 <= int(channel) < n_channels):
-        raise _bad("channel", channel, f"an integer in [0, {n_channels - 1}] (channels of {LAYER})")
-    return int(channel)
+def neuron_table(world) -> AlignmentTable:
+    """Channel-mean pre-activations of the neuron layer over ``world.images`` (in batches of
+    ``world.batch_size``, else 512) and, when the world labels concepts, their correlations with them."""
+    acts = channel_activations(world.classifier, world.images, world.neuron_layer, read=world.neuron_read,
+                               batch=world.batch_size or 512, device=world.device)
+    if world.has("unit_concepts"):
+        labels, names = world.concept_labels(world.images, world.labels)
+        scores = alignment_scores(acts, labels)
+    else:
+        labels, names, scores = np.zeros((len(acts), 0), bool), [], np.zeros((acts.shape[1], 0))
+    classes = None if world.labels is None else torch.as_tensor(np.asarray(world.labels))
+    return AlignmentTable(scores, names, acts, labels, world.images, classes)
 
 
-def alignment_table(model, images: torch.Tensor, labels, layer: str = LAYER) -> AlignmentTable:
-    """Concept labels, channel-mean pre-activations and their correlations for a labelled image set."""
-    concepts, names = concept_labels(images, labels)
-    acts = channel_activations(model, images, layer)
-    return AlignmentTable(alignment_scores(acts, concepts), names, acts, concepts, images,
-                          torch.as_tensor(np.asarray(labels)))
+def alignment_rows(world, table: AlignmentTable) -> list[dict]:
+    """Per concept its share of images, best channel and r (a world with concept labels); else the
+    units the thesis names with their reported r and mean pre-activation over the world's images."""
+    if world.has("unit_concepts"):
+        return table.rows()
+    out = []
+    for ch, (concept, r) in world.known_units.items():
+        ch = table.check_channel(ch, "known_units")
+        out.append({"concept": concept, "share": None, "channel": ch, "r": r,
+                    "mean_activation": float(table.activations[:, ch].mean())})
+    return out
+
+
+def alignment_html(world, table: AlignmentTable) -> str:
+    """:func:`alignment_rows` as an HTML table."""
+    rows = alignment_rows(world, table)
+    if world.has("unit_concepts"):
+        return html_table(("Concept", "share of images", "best channel", "r"),
+                          [(r["concept"], f"{r['share']:.2f}", f"#{r['channel']}", f"{r['r']:.2f}") for r in rows])
+    return html_table(("Neuron", "concept (as the thesis names it)", "r (as the thesis reports it)",
+                       f"mean pre-activation over {len(table.images)} images"),
+                      [(f"#{r['channel']}", r["concept"], _fmt(r["r"], ".3f"), f"{r['mean_activation']:.3f}")
+                       for r in rows], f"r not recomputed: {world.reason('unit_concepts')}.")
 
 
 @dataclass
 class SelectedNeuron:
     channel: int  # channel of the neuron layer
-    concept: str  # the concept it is most aligned with (among those allowed)
-    alignment: float  # point-biserial r with that concept
+    concept: str  # the concept it is most aligned with (among those allowed), or the thesis' name for it
+    alignment: float  # r with that concept (NaN: not known)
 
 
 def select_neurons(table: AlignmentTable, k: int = 3, concepts=None) -> list[SelectedNeuron]:
@@ -278,91 +180,75 @@ def select_neurons(table: AlignmentTable, k: int = 3, concepts=None) -> list[Sel
     return [SelectedNeuron(ch, names[j], float(s[ch, j])) for ch, j in greedy_distinct_pairs(s, k)]
 
 
-def concept_columns(known, concepts, k: int, unit: str) -> tuple[list[str], list[int]]:
-    """Check a selection's ``concepts`` (None: all of ``known``) and ``k``; their names and columns."""
-    names = list(known) if concepts is None else list(concepts)
-    for c in names:
-        if c not in known:
-            raise _bad("concepts", c, f"names among {known}")
-    if not _is_int(k) or not (1 <= k <= len(names)):
-        raise _bad("k", k, f"an integer in [1, {len(names)}] (one {unit} per distinct concept)")
-    return names, [list(known).index(c) for c in names]
+def _known(world, channel: int) -> SelectedNeuron:
+    concept, r = world.known_units.get(channel, (f"channel {channel}", None))
+    return SelectedNeuron(channel, concept, float("nan") if r is None else float(r))
 
 
-def greedy_distinct_pairs(scores: np.ndarray, k: int, floor: float | None = None) -> list[tuple[int, int]]:
-    """Up to ``k`` (row, column) pairs of ``scores`` (units × concepts), highest first, no row and no
-    column used twice; pairs scoring below ``floor`` are never taken. Ties keep index order."""
-    order = np.dstack(np.unravel_index(np.argsort(-scores, axis=None, kind="stable"), scores.shape))[0]
-    chosen: list[tuple[int, int]] = []
-    used_row, used_col = set(), set()
-    for r, c in order:
-        if floor is not None and scores[r, c] < floor:
-            break
-        if int(r) in used_row or int(c) in used_col:
-            continue
-        chosen.append((int(r), int(c)))
-        used_row.add(int(r))
-        used_col.add(int(c))
-        if len(chosen) == k:
-            break
-    return chosen
-
-
-def choose_neurons(table: AlignmentTable, neurons="auto", concept_set: str = "all", k: int = 3) -> list[SelectedNeuron]:
-    """The notebook's choice: ``"auto"`` = :func:`select_neurons` among ``concept_set``
-    (``"all"``, ``"digits"`` or ``"strokes"``); or a list of channels, each paired with the
-    concept of ``concept_set`` it is most aligned with."""
-    if concept_set not in CONCEPT_SETS:
-        raise _bad("concept_set", concept_set, f"one of {tuple(CONCEPT_SETS)}")
-    allowed = list(CONCEPT_SETS[concept_set])
+def choose_neurons(world, table: AlignmentTable, neurons="auto", concept_set: str = "all",
+                   k: int = 3) -> list[SelectedNeuron]:
+    """The notebook's choice. ``neurons="auto"``: where the world labels concepts,
+    :func:`select_neurons` among ``world.concept_sets[concept_set]`` (digits: ``"all"``, ``"digits"``
+    or ``"strokes"``); elsewhere the units the thesis names (``world.known_units``). Or a list of
+    channels, each paired with the allowed concept it is most aligned with (or the thesis' name for
+    it). ``concept_set`` and ``k`` apply where the world labels concepts."""
+    concepts = world.has("unit_concepts")
+    if concepts and concept_set not in world.concept_sets:
+        raise bad("concept_set", concept_set, f"one of {tuple(world.concept_sets)}")
+    allowed = list(world.concept_sets[concept_set]) if concepts else []
     if isinstance(neurons, str) and neurons == "auto":
-        return select_neurons(table, k, concepts=allowed)
-    n_ch = table.scores.shape[0]
-    if not isinstance(neurons, (list, tuple)) or not neurons or not all(_is_int(c) for c in neurons):
-        raise _bad("neurons", neurons, f"'auto' or a non-empty list of channel integers in [0, {n_ch - 1}]")
+        if concepts:
+            return select_neurons(table, k, concepts=allowed)
+        if not world.known_units:
+            raise ValueError(f"neurons='auto' needs concept labels or units the thesis names; world "
+                             f"{world.name!r} has neither ({world.reason('unit_concepts')}): give a list of channels")
+        return [_known(world, table.check_channel(ch, "known_units")) for ch in world.known_units]
+    n_ch = table.n_channels
+    allowed_text = (f"'auto' or a non-empty list of channel integers in [0, {n_ch - 1}] "
+                    f"(channels of {world.neuron_layer})")
+    if not isinstance(neurons, (list, tuple)) or not neurons or not all(is_index(c) for c in neurons):
+        raise bad("neurons", neurons, allowed_text)
+    if any(not (0 <= int(c) < n_ch) for c in neurons):
+        raise bad("neurons", neurons, allowed_text)
+    if not concepts:
+        return [_known(world, int(ch)) for ch in neurons]
     cols = [table.concepts.index(c) for c in allowed]
     out = []
     for ch in neurons:
-        ch = _check_channel(ch, n_ch)
-        j = int(np.argmax(table.scores[ch, cols]))
-        out.append(SelectedNeuron(ch, allowed[j], float(table.scores[ch, cols[j]])))
+        j = int(np.argmax(table.scores[int(ch), cols]))
+        out.append(SelectedNeuron(int(ch), allowed[j], float(table.scores[int(ch), cols[j]])))
     return out
 
 
 def top_activating(table: AlignmentTable, channel: int, n: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices (into ``table.images``) of the ``n`` images with the highest channel-mean pre-activation, and those values."""
-    channel = _check_channel(channel, table.activations.shape[1])
-    if not _is_int(n) or not (1 <= n <= len(table.activations)):
-        raise _bad("n", n, f"an integer in [1, {len(table.activations)}]")
+    """Indices (into ``table.images``) of the ``n`` images with the highest channel-mean
+    pre-activation, and those values."""
+    channel = table.check_channel(channel)
+    if not is_index(n) or not (1 <= n <= len(table.activations)):
+        raise bad("n", n, f"an integer in [1, {len(table.activations)}]")
     vals, idx = torch.topk(table.activations[:, channel], n)
     return idx, vals
 
 
-def top_image_rows(table: AlignmentTable, chosen, n: int = 8) -> list[dict]:
-    """Rows for :func:`equidiff.report.figures.neuron_top_images`: each neuron's ``n`` top-activating images."""
+@torch.no_grad()
+def _classes(world, images: torch.Tensor) -> torch.Tensor:
+    """The classifier's class (N,) of ``images``, on CPU, ``world.batch_size`` at a time (all at once when None)."""
+    bs = world.batch_size or max(len(images), 1)
+    return torch.cat([world.classifier(images[i : i + bs].to(world.device)).float().argmax(1).cpu()
+                      for i in range(0, len(images), bs)])
+
+
+def top_image_rows(world, table: AlignmentTable, chosen, n: int = 8) -> list[dict]:
+    """Rows for :func:`equidiff.report.figures.neuron_top_images`: each neuron's ``n`` top-activating
+    images, labelled with their true class (or, without labels, the classifier's)."""
     rows = []
     for s in chosen:
-        idx, vals = top_activating(table, s.channel, n)
+        idx, vals = top_activating(table, s.channel, min(n, len(table.activations)))
+        images = table.images[idx]
+        labels = table.classes[idx] if table.classes is not None else _classes(world, images)
         rows.append({"channel": s.channel, "concept": s.concept, "alignment": s.alignment,
-                     "images": table.images[idx], "values": vals, "labels": table.digit_labels[idx]})
+                     "images": images, "values": vals, "labels": labels})
     return rows
-
-
-def html_table(header, rows, note: str = "") -> str:
-    """A plain HTML table (the book renders notebook HTML outputs as they are; no pandas needed)."""
-    import html
-
-    esc = lambda v: html.escape(str(v))  # noqa: E731
-    head = "".join(f"<th>{esc(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{esc(v)}</td>" for v in row) + "</tr>" for row in rows)
-    foot = f"<p><small>{esc(note)}</small></p>" if note else ""
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{foot}"
-
-
-def alignment_html(table: AlignmentTable) -> str:
-    """Per concept: its share of the images, the most aligned channel and its r (HTML table)."""
-    rows = [(r["concept"], f"{r['share']:.2f}", f"#{r['channel']}", f"{r['r']:.2f}") for r in table.rows()]
-    return html_table(("Concept", "share of images", "best channel", "r"), rows)
 
 
 # --------------------------------------------------------------------------------------------
@@ -370,14 +256,25 @@ def alignment_html(table: AlignmentTable) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def resolve_profile(profile: str) -> dict:
-    """Defaults of a profile: ``"cpu"``/``"smoke"`` (the digits world) or ``"paper"`` (ResNet-50 + latent DiT,
-    :func:`run_paper_neuron`; its neurons are :attr:`equidiff.worlds.imagenet.models.PaperConfig.neurons`)."""
-    if profile == "paper":
-        return dict(PAPER_PROFILE)
-    if profile not in PROFILES:
-        raise _bad("profile", profile, f"one of {tuple(PROFILES) + ('paper',)}")
-    return dict(PROFILES[profile])
+def neuron_settings(world, *, n_samples=None, steps=None, ddim_steps=None, tau=0.01, optimizer="lbfgs", lr=1.0,
+                    seed=0, restart_after=None, lowpass_cutoff=None) -> dict:
+    """:func:`run_neuron`'s settings, checked, with ``n_samples``, ``steps`` and ``ddim_steps`` left
+    None taken from the world (``world.defaults["neurons"]``)."""
+    s = dict(n_samples=world.setting(CHAPTER, "n_samples", n_samples), steps=world.setting(CHAPTER, "steps", steps),
+             ddim_steps=world.setting(CHAPTER, "ddim_steps", ddim_steps), tau=tau, optimizer=optimizer, lr=lr,
+             seed=seed, restart_after=restart_after, lowpass_cutoff=lowpass_cutoff)
+    _config(s)
+    return s
+
+
+def _config(s: dict) -> InvariantConfig:
+    if not is_index(s["n_samples"]) or s["n_samples"] < 2:
+        raise bad("n_samples", s["n_samples"], "an integer ≥ 2 (FID and diversity need two samples)")
+    if not is_index(s["ddim_steps"]) or s["ddim_steps"] < 1:
+        raise bad("ddim_steps", s["ddim_steps"], "an integer ≥ 1")
+    return InvariantConfig(n_samples=s["n_samples"], steps=s["steps"], tau=s["tau"], optimizer=s["optimizer"],
+                           lr=s["lr"], seed=s["seed"], restart_after=s["restart_after"],
+                           lowpass_cutoff=s["lowpass_cutoff"])
 
 
 @dataclass
@@ -386,11 +283,11 @@ class NeuronRun:
 
     channel: int
     concept: str
-    alignment: float
-    query: torch.Tensor  # (1, 1, H, W) the strongest-activating image x*
+    alignment: float  # NaN: not known
+    query: torch.Tensor  # (1, C, H, W) the strongest-activating image x*
     query_index: int  # its index in the image set searched
-    query_label: int  # its digit class
-    query_map: torch.Tensor  # (H', W') its pre-activation map (the target, 16 values)
+    query_label: int  # its class (true label, or the classifier's where the world has no labels)
+    query_map: torch.Tensor  # (H', W') its pre-activation map (the target)
     result: object  # InvariantResult
     predicted: torch.Tensor  # (N,) the classifier's class for each sample
     metrics: dict = field(default_factory=dict)
@@ -400,141 +297,171 @@ class NeuronRun:
         return f"neuron {self.channel} ({self.concept}, r = {self.alignment:.2f})"
 
 
-def _run_settings(profile: str, *, n_samples=None, steps=None, ddim_steps=None, tau=0.01, optimizer="lbfgs",
-                  lr=1.0, seed=0, restart_after=None):
-    """The checked settings of :func:`run_neuron`: ``(InvariantConfig, ddim_steps)``, profile defaults filled in."""
-    from equidiff.core.invariants import InvariantConfig
-
-    if profile == "paper":
-        raise ValueError("run_neuron runs the digits world; profile 'paper' runs through "
-                         "load_world('paper', ...) and run_paper_neuron (ResNet-50 + latent DiT)")
-    defaults = resolve_profile(profile)
-    n_samples = defaults["n_samples"] if n_samples is None else n_samples
-    steps = defaults["steps"] if steps is None else steps
-    ddim_steps = defaults["ddim_steps"] if ddim_steps is None else ddim_steps
-    if not _is_int(n_samples) or n_samples < 2:
-        raise _bad("n_samples", n_samples, "an integer ≥ 2 (FID and diversity need two samples)")
-    if not _is_int(ddim_steps) or ddim_steps < 1:
-        raise _bad("ddim_steps", ddim_steps, "an integer ≥ 1")
-    cfg = InvariantConfig(n_samples=n_samples, steps=steps, tau=tau, optimizer=optimizer, lr=lr, seed=seed,
-                          restart_after=restart_after)
-    return cfg, ddim_steps
+def _alignment(world, table: AlignmentTable, channel: int, concept: Optional[str]) -> tuple[str, float]:
+    """(concept, r) of ``channel``: measured where the world labels concepts, else the thesis' (NaN: not known)."""
+    if world.has("unit_concepts"):
+        if concept is None:
+            return table.best_concept(channel)
+        if concept not in table.concepts:
+            raise bad("concept", concept, f"one of {table.concepts}")
+        return concept, float(table.scores[channel, table.concepts.index(concept)])
+    known = _known(world, channel)
+    return concept or known.concept, known.alignment
 
 
-def run_neuron(
-    classifier,
-    ddpm,
-    channel: int,
-    table: AlignmentTable,
-    real_images: torch.Tensor,
-    *,
-    concept: str | None = None,
-    profile: str = "cpu",
-    n_samples: int | None = None,
-    steps: int | None = None,
-    ddim_steps: int | None = None,
-    tau: float = 0.01,
-    optimizer: str = "lbfgs",
-    lr: float = 1.0,
-    seed: int = 0,
-    checkpointing: bool = False,
-    restart_after: int | None = None,
-    on_step=None,
-) -> NeuronRun:
-    """Thesis Section 4.2.2 for one channel of :data:`LAYER`.
+def run_neuron(world, table: AlignmentTable, channel: int, *, concept: Optional[str] = None,
+               n_samples: Optional[int] = None, steps: Optional[int] = None, ddim_steps: Optional[int] = None,
+               tau: float = 0.01, optimizer: str = "lbfgs", lr: float = 1.0, seed: int = 0,
+               restart_after: Optional[int] = None, lowpass_cutoff: Optional[float] = None,
+               on_step=None) -> NeuronRun:
+    """Thesis Section 4.2.2 for one channel of ``world.neuron_layer``.
 
     1. query x* = the image of ``table.images`` with the highest channel-mean pre-activation;
-    2. constraint: the channel's whole pre-activation map, n(x) = n(x*) (16 values on 4×4);
-    3. ``n_samples`` invariant samples from ``find_invariants`` through ``PixelDDIMPrior``
-       (``ddim_steps`` DDIM steps, ``optimizer`` with ``lr``, threshold ``tau``, budget ``steps``;
-       the default per-sample L-BFGS reaches τ on the 16 values where Adam stalls, see
-       :mod:`equidiff.lbfgs`; ``checkpointing`` off by default: at T = 10 on 16×16 images the
-       memory is small and the chain runs about 1.6× faster without recomputation);
-    4. metrics: per-sample L2 = Σ(n(x) − n(x*))² over the 16 values (the Algorithm 1 loss) and
-       L1 = Σ|·|, the FID in the digits classifier's feature space against ``real_images``, and
-       diversity (mean pairwise distance of the samples in that feature space).
+    2. constraint: the channel's whole pre-activation map, n(x) = n(x*) (digits: 16 values on 4×4;
+       ResNet-50 at 224 px: 49 on 7×7);
+    3. ``n_samples`` invariant samples from Algorithm 1 through ``world.make_prior(ddim_steps)``
+       (``optimizer`` with ``lr``, threshold ``tau``, budget ``steps``, the dual low-pass loss when
+       ``lowpass_cutoff`` is set; the default per-sample L-BFGS reaches τ on the map where Adam
+       stalls, see :mod:`equidiff.core.lbfgs`), ``world.batch_size`` samples at a time;
+    4. metrics: per-sample L2 = Σ(n(x) − n(x*))² over the map (the Algorithm 1 loss) and
+       L1 = Σ|·|; the world's FID (``world.fid``) against its held-out images (else its images),
+       and the same FID for ``n_samples`` real images (the floor this sample size allows; needs
+       held-out images); diversity (mean pairwise distance of the samples in the classifier's
+       pooled features) and, where the world has labels, that of real images of the query's class.
 
-    ``classifier`` and ``ddpm`` are :class:`equidiff.worlds.digits.models.ZooModel` (or the bare modules; the
-    ddpm needs ``.model`` and ``.scheduler``). Profile defaults fill ``n_samples``, ``steps``
-    and ``ddim_steps`` when they are None. ``on_step``, if given, is called with every
-    :class:`equidiff.core.invariants.StepState` (progress reports).
+    ``n_samples``, ``steps`` and ``ddim_steps`` left None take the world's values. ``on_step``, if
+    given, is called with every :class:`equidiff.core.invariants.StepState` (progress reports).
+    A figure the world cannot compute is None, with ``<figure>_reason`` saying why.
     """
-    from equidiff.core.priors import PixelDDIMPrior
-    from equidiff.core.invariants import iterate_invariants
-    from equidiff.core.metrics import classifier_features, diversity, feature_fid, l1_l2
-
-    cfg, ddim_steps = _run_settings(profile, n_samples=n_samples, steps=steps, ddim_steps=ddim_steps, tau=tau,
-                                    optimizer=optimizer, lr=lr, seed=seed, restart_after=restart_after)
+    s = neuron_settings(world, n_samples=n_samples, steps=steps, ddim_steps=ddim_steps, tau=tau,
+                        optimizer=optimizer, lr=lr, seed=seed, restart_after=restart_after,
+                        lowpass_cutoff=lowpass_cutoff)
+    cfg = _config(s)
     n_samples = cfg.n_samples
-    real_images = _check_images(real_images)
-    if len(real_images) < 2:
-        raise _bad("real_images", len(real_images), "at least 2 images")
-    clf = getattr(classifier, "model", classifier)
-    channel = _check_channel(channel, table.activations.shape[1])
-    if concept is None:
-        concept, r = table.best_concept(channel)
-    else:
-        if concept not in table.concepts:
-            raise _bad("concept", concept, f"one of {table.concepts}")
-        r = float(table.scores[channel, table.concepts.index(concept)])
+    channel = table.check_channel(channel)
+    concept, r = _alignment(world, table, channel, concept)
+    clf = world.classifier
 
     # Step 1: the query that activates the neuron most strongly.
     idx, _ = top_activating(table, channel, 1)
     qi = int(idx[0])
-    query = table.images[qi : qi + 1]  # (1, 1, H, W)
+    query = table.images[qi : qi + 1]  # (1, C, H, W)
     # Step 2: the whole pre-activation map of the channel (read before the final activation).
-    objective = neuron_map(clf, LAYER, channel, reduce="map", read="input", name="digits ResNet")
+    objective = world.wrap_objective(neuron_map(clf, world.neuron_layer, channel, reduce="map",
+                                                read=world.neuron_read))
     # Step 3: EquiDiff (Algorithm 1) through the deterministic DDIM prior.
-    prior = PixelDDIMPrior(ddpm.model, ddpm.scheduler, num_steps=ddim_steps, checkpointing=checkpointing, clamp=False)
-    out: dict = {}
-    for state in iterate_invariants(objective, query, prior, cfg, _out=out):
-        if on_step is not None:
-            on_step(state)
-    result = out["result"]
+    prior = world.make_prior(s["ddim_steps"])
+    result = find_invariants_batched(objective, query.to(world.device), prior, cfg, world.batch_size,
+                                     on_step=on_step)
 
     # Step 4: metrics.
-    l1, l2 = l1_l2(result.measurements, result.target)  # (N,), (N,)
-    # the images as shown; the loss was measured on the unclamped chain output (clamp=False), which
-    # the scheduler's clip_sample keeps in [-1, 1] in practice, so this is a safeguard
-    x = result.x.clamp(-1, 1)
-    with torch.no_grad():
-        predicted = clf(x).argmax(1)
-    feats = classifier_features(clf, x)
+    target = result.target.float().cpu()
+    l1, l2 = l1_l2(result.measurements.float().cpu(), target)  # (N,), (N,)
+    # the images as shown; the loss was measured on the chain output as the world's prior returns it
+    # (the digits world's unclamped chain stays in [-1, 1] in practice), so this is a safeguard
+    x = result.x.detach().clamp(-1, 1).float()
+    predicted = _classes(world, x)
+    label = int(table.classes[qi]) if table.classes is not None else int(_classes(world, query)[0])
+    real = world.test_images if world.has("test_images") else world.images
+    fid = world.fid(x, real, f"Table 4.1 FID, neuron #{channel}")
     gen = torch.Generator().manual_seed(seed)
-    ref = table.images[torch.randperm(len(table.images), generator=gen)[:n_samples]]
-    same = table.images[table.digit_labels == table.digit_labels[qi]]
-    same = same[torch.randperm(len(same), generator=gen)[:n_samples]]
+    floor = same_div = None
+    if world.has("test_images"):  # the same FID for n_samples real images: the floor this sample size allows
+        ref = table.images[torch.randperm(len(table.images), generator=gen)[:n_samples]]
+        floor = world.fid(ref, real, f"Table 4.1 real-image floor, neuron #{channel}").value
+    if world.has("labels"):  # diversity of n_samples real images of the query's class, for scale
+        same = table.images[table.classes == table.classes[qi]]
+        same = same[torch.randperm(len(same), generator=gen)[:n_samples]]
+        same_div = diversity(classifier_features(clf, same.to(world.device)).cpu())
     done = result.steps_to_converge[result.converged].float()
     metrics = {
         "channel": channel,
         "concept": concept,
-        "alignment": r,
+        "alignment": r if math.isfinite(r) else None,
         "query_index": qi,
-        "query_label": int(table.digit_labels[qi]),
-        "query_top_activation": float(result.target.max()),
-        "query_mean_activation": float(result.target.mean()),
+        "query_label": label,
+        "query_top_activation": float(target.max()),
+        "query_mean_activation": float(target.mean()),
         "n_samples": n_samples,
         "l2_mean": float(l2.mean()),
-        "l2_std": float(l2.std()) if n_samples > 1 else 0.0,
+        "l2_std": float(l2.std()),
         "l2_median": float(l2.median()),  # the L2 distribution is heavy-tailed: a few samples lag far behind
         "l1_mean": float(l1.mean()),
         # L2 relative to the target's own size Σ n(x*)²: a scale-free reading of the error
-        "l2_relative": float(l2.mean() / (result.target**2).sum()),
-        # FID in the digits classifier's feature space (not Inception), samples vs real test digits
-        "fid": feature_fid(clf, x, real_images),
-        # the same FID for n_samples real training digits: the floor this sample size allows
-        "fid_real_reference": feature_fid(clf, ref, real_images),
-        "diversity": diversity(feats),
-        # diversity of n_samples real training digits of the query's class, for scale
-        "diversity_same_class_reference": diversity(classifier_features(clf, same)),
-        "same_class_rate": float((predicted == int(table.digit_labels[qi])).float().mean()),
+        "l2_relative": float(l2.mean() / (target**2).sum().clamp(min=1e-12)),
+        "fid": fid.value,  # in the world's FID features (the digits: the classifier's, not Inception)
+        "fid_real_reference": floor,
+        "diversity": diversity(classifier_features(clf, x.to(world.device)).cpu()),
+        "diversity_same_class_reference": same_div,
+        "same_class_rate": float((predicted == label).float().mean()),
         "success_rate": result.success_rate,
         "steps": float(done.median()) if done.numel() else None,
         "n_restarted": result.summary()["n_restarted"],  # starts replaced by fresh noise (restart_after)
         "seconds": result.seconds,
+        # where the numbers come from
+        "query_file": None if world.image_files is None else str(world.image_files[qi]),
+        "fid_features": fid.features, "fid_reason": fid.reason, "fid_note": fid.note,
+        "fid_n_reference": fid.n_reference,
+        "diversity_features": "the classifier's pooled features",
     }
-    qmap = result.target.reshape(int(math.isqrt(result.target.numel())), -1)
-    return NeuronRun(channel, concept, r, query, qi, int(table.digit_labels[qi]), qmap, result, predicted, metrics)
+    metrics = world.with_reasons(metrics, {"alignment": "unit_concepts", "fid_real_reference": "test_images",
+                                           "diversity_same_class_reference": "labels"})
+    side = int(math.isqrt(target.numel()))
+    qmap = target.reshape(side, -1) if side * side == target.numel() else target.reshape(1, -1)
+    return NeuronRun(channel, concept, r, table.images[qi : qi + 1], qi, label, qmap, result, predicted, metrics)
+
+
+def _run_job(context, item, report) -> NeuronRun:
+    """One neuron in a pool worker (or this process): ``context`` = (world, table)."""
+    world, table = context
+    selected, settings = item
+    return run_neuron(world, table, selected.channel, concept=selected.concept,
+                      on_step=lambda st: report(int(st.converged.sum())), **settings)
+
+
+def run_all(world, table: AlignmentTable, chosen, *, workers: Optional[int] = None, progress: bool = True,
+            **settings) -> list[NeuronRun]:
+    """:func:`run_neuron` for every chosen neuron, in order, with one progress line (samples below τ).
+
+    On a CPU world every neuron is optimised on **one torch thread** — its numbers then do not
+    depend on the machine's core count (L-BFGS's do depend on the thread count) — and ``workers``
+    processes (None: one per neuron, at most one per CPU core) run neurons side by side, each with
+    the world rebuilt from the cache (:func:`equidiff.run.pool.run_world_pool`); ``workers=1`` runs
+    them one after the other in this process. The results are the same for every ``workers``;
+    only the wall time changes (on two cores, three neurons take about half the time of one
+    process with two threads, whose cores idle in each run's tail). A world on an accelerator
+    runs them in this process, on its device (``workers`` must be None or 1).
+    """
+    chosen = list(chosen)
+    if workers is not None and (not is_index(workers) or workers < 1):
+        raise bad("workers", workers, "None or an integer ≥ 1")
+    on_cpu = world.device.type == "cpu"
+    if not on_cpu and workers not in (None, 1):
+        raise bad("workers", workers,
+                  f"None or 1 for a world on {world.device} (it runs on one device, in this process)")
+    unknown = sorted(set(settings) - set(SETTINGS))
+    if unknown:
+        raise TypeError(f"run_all got an unexpected setting {unknown[0]!r}; it takes workers, progress and {SETTINGS}")
+    settings = neuron_settings(world, **settings)  # fail early, before any worker starts
+    n_workers = min(len(chosen), workers or os.cpu_count() or 1) if on_cpu else 1
+    below = [0] * len(chosen)  # per neuron: samples below τ so far
+    finished = [False] * len(chosen)
+
+    with ProgressLine(len(chosen) * settings["n_samples"], "invariant samples below τ", enabled=progress) as bar:
+
+        def report(i, n_below, done=False):
+            below[i] = max(below[i], n_below)  # counts only grow; a late queued message must not lower one
+            finished[i] = finished[i] or done
+            bar.update_to(sum(below), f"{sum(finished)}/{len(chosen)} neurons done")
+
+        return run_world_pool(_run_job, world, [(s, settings) for s in chosen], max(n_workers, 1), shared=table,
+                              threads=1 if on_cpu else None, on_report=report,
+                              on_done=lambda i, run: report(i, int(run.result.converged.sum()), True))
+
+
+# --------------------------------------------------------------------------------------------
+# Table 4.1
+# --------------------------------------------------------------------------------------------
 
 
 def _mean_or_none(values):
@@ -549,7 +476,7 @@ def _fmt(v, spec: str) -> str:
 def table_rows(runs) -> list[dict]:
     """Table 4.1 rows: per neuron, then the average (means of the per-neuron numbers; the
     average L2 "±" is the mean of the per-neuron standard deviations, as in the thesis' table).
-    A figure that could not be computed (None, paper profile) stays None in the average."""
+    A figure that could not be computed (None) stays None in the average."""
     keys = ("l2_mean", "l2_std", "l2_median", "l2_relative", "l1_mean", "fid", "fid_real_reference", "diversity",
             "same_class_rate", "success_rate")
     rows = [{"neuron": f"#{r.channel}", "concept": r.concept, "alignment": r.alignment,
@@ -561,28 +488,33 @@ def table_rows(runs) -> list[dict]:
     return rows
 
 
-def table_html(runs, tau: float) -> str:
+def table_html(world, runs, tau: float) -> str:
     """Table 4.1 analogue as an HTML table: one row per neuron, then the average."""
-    paper = any("fid_features" in r.metrics for r in runs)
-    fid_head = "FID, Inception features" if paper else "FID, classifier features (real-digit floor)"
+    floor = world.has("test_images")
+    features = next((r.metrics["fid_features"] for r in runs if r.metrics.get("fid_features")), "")
     header = ("Neuron", "Concept", "r", "L2 loss (mean ± std)", "L2 median", "L2 / Σn(x*)²", "L1",
-              fid_head, "diversity", "same class as x*", "below τ")
+              f"FID, {features}" + (" (real-image floor)" if floor else ""), "diversity", "same class as x*",
+              "below τ")
     rows = [(row["neuron"], row["concept"], _fmt(row["alignment"], ".2f"),
              f"{row['l2_mean']:.3g} ± {row['l2_std']:.3g}", f"{row['l2_median']:.3g}",
-             f"{row['l2_relative']:.3f}", f"{row['l1_mean']:.3g}",
-             _fmt(row["fid"], ".1f") if paper else f"{_fmt(row['fid'], '.1f')} ({_fmt(row['fid_real_reference'], '.1f')})",
+             f"{row['l2_relative']:.2e}", f"{row['l1_mean']:.3g}",
+             _fmt(row["fid"], ".1f") + (f" ({_fmt(row['fid_real_reference'], '.1f')})" if floor else ""),
              f"{row['diversity']:.2f}", f"{row['same_class_rate']:.2f}", f"{row['success_rate']:.2f}")
             for row in table_rows(runs)]
-    if paper:
-        reasons = sorted({r.metrics["fid_reason"] for r in runs if r.metrics.get("fid_reason")})
-        note = (f"L2 = Σ over the map values of (n(x) − n(x*))² per sample, mean ± standard deviation over the "
-                f"samples; τ = {tau:g}. r: SemanticLens alignment as the thesis reports it (not recomputed). FID in "
-                "Inception-v3 pool features; diversity in the classifier's pooled features; same class: the "
-                "classifier's ImageNet class of the query." + (" FID not computed: " + " ".join(reasons) if reasons else ""))
-    else:
-        note = (f"L2 = Σ over the 16 map values of (n(x) − n(x*))² per sample, mean ± standard deviation over the "
-                f"samples; L2 / Σn(x*)²: mean L2 relative to the size of the target; τ = {tau:g}. The real-digit "
-                "floor is the same FID for as many real training digits: about the best this sample size allows.")
+    n_values = runs[0].result.target.numel() if runs else 0
+    r_text = ("r: point-biserial correlation of the channel's mean pre-activation with the concept's label "
+              "over the world's images" if world.has("unit_concepts")
+              else f"r: as the thesis reports it ({world.reason('unit_concepts')})")
+    note = (f"L2 = Σ over the {n_values} map values of (n(x) − n(x*))² per sample, mean ± standard deviation over "
+            f"the samples; L2 / Σn(x*)²: mean L2 relative to the size of the target; τ = {tau:g}. {r_text}. "
+            f"FID features: {features or 'the world’s'}; diversity in the classifier's pooled features; same "
+            "class: the query's " + ("label." if world.has("labels") else "class as the classifier reads it."))
+    if floor:
+        note += (" The real-image floor is the same FID for as many real images: about the best this sample "
+                 "size allows.")
+    reasons = sorted({r.metrics["fid_reason"] for r in runs if r.metrics.get("fid_reason")})
+    if reasons:
+        note += " FID not computed: " + " ".join(reasons)
     return html_table(header, rows, note)
 
 
@@ -592,341 +524,7 @@ def sample_summaries(runs) -> list[str]:
     for r in runs:
         m = r.metrics
         ref = m["diversity_same_class_reference"]
-        what = "images of class" if "fid_features" in m else "real"
-        ref_text = f"{what} '{r.query_label}'s: {ref:.2f}" if ref is not None else "no same-class reference"
+        ref_text = f"real '{r.query_label}'s: {ref:.2f}" if ref is not None else "no same-class reference"
         lines.append(f"#{r.channel} ({r.concept}): query is a '{r.query_label}'; {m['same_class_rate']:.0%} of the "
                      f"samples are classified '{r.query_label}'; diversity {m['diversity']:.2f} ({ref_text})")
     return lines
-
-
-# --------------------------------------------------------------------------------------------
-# One notebook, two worlds: the digits (cpu, smoke) and ResNet-50 + latent DiT (paper)
-# --------------------------------------------------------------------------------------------
-
-
-class NeuronWorld:
-    """The chapter's models and images behind one interface, so the notebook runs the same cells in
-    every profile. ``"cpu"``/``"smoke"``: the digits ResNet, the digits DDPM and the alignment table
-    over the training digits (exactly the calls the chapter always made); ``"paper"``: ResNet-50, the
-    latent DiT and the user's query images (:func:`equidiff.worlds.imagenet.models.load_paper_inputs`)."""
-
-    def __init__(self, profile: str, *, classifier=None, ddpm=None, table=None, real_images=None, paper=None):
-        self.profile = profile
-        self.classifier, self.ddpm, self.table, self.real_images = classifier, ddpm, table, real_images
-        self.paper = paper  # PaperInputs (profile "paper")
-        self.activations = None  # paper: (N, C) channel-mean pre-activations of the query images
-        if paper is not None:
-            self.activations = _paper_channel_means(paper)
-
-    @property
-    def is_paper(self) -> bool:
-        return self.paper is not None
-
-    def alignment_rows(self) -> list[dict]:
-        """cpu: per concept, its share of images, best channel and r; paper: the thesis' neurons with
-        their reported r and mean pre-activation over the query images."""
-        if not self.is_paper:
-            return self.table.rows()
-        out = []
-        for ch in self.paper.config.neurons:
-            ch = _check_channel(ch, self.activations.shape[1])
-            out.append({"concept": PAPER_NEURONS.get(ch, f"channel {ch}"), "share": None, "channel": ch,
-                        "r": PAPER_ALIGNMENT.get(ch), "mean_activation": float(self.activations[:, ch].mean())})
-        return out
-
-    def paper_metrics(self) -> dict:
-        """Extra metrics.json fields of the paper profile (the config, the query files); {} otherwise."""
-        if not self.is_paper:
-            return {}
-        return {"paper_config": self.paper.config.to_dict(), "device": str(self.paper.models.device),
-                "query_images": [str(f) for f in self.paper.files]}
-
-    def alignment_html(self) -> str:
-        if not self.is_paper:
-            return alignment_html(self.table)
-        rows = [(f"#{r['channel']}", r["concept"], _fmt(r["r"], ".3f"), f"{r['mean_activation']:.3f}")
-                for r in self.alignment_rows()]
-        n = len(self.paper.files)
-        return html_table(("Neuron", "concept (SemanticLens, thesis)", "r (thesis)",
-                           f"mean pre-activation over {n} query images"), rows,
-                          "r is the thesis' SemanticLens alignment, not recomputed here (it needs CLIP and ImageNet).")
-
-    def choose(self, neurons="auto", concept_set: str = "all", k: int = 3) -> list[SelectedNeuron]:
-        """cpu: :func:`choose_neurons`; paper: ``"auto"`` = ``PaperConfig.neurons`` (1656, 1052, 421),
-        or the given channels of ResNet-50's last stage (``concept_set`` and ``k`` apply to the digits only)."""
-        if not self.is_paper:
-            return choose_neurons(self.table, neurons, concept_set, k)
-        n_ch = self.activations.shape[1]
-        if isinstance(neurons, str) and neurons == "auto":
-            neurons = list(self.paper.config.neurons)
-        if not isinstance(neurons, (list, tuple)) or not neurons or not all(_is_int(c) for c in neurons):
-            raise _bad("neurons", neurons, f"'auto' or a non-empty list of channel integers in [0, {n_ch - 1}]")
-        out = []
-        for ch in neurons:
-            if not (0 <= ch < n_ch):
-                raise _bad("neurons", neurons, f"'auto' or channels in [0, {n_ch - 1}] (the classifier's last stage)")
-            r = PAPER_ALIGNMENT.get(int(ch))
-            out.append(SelectedNeuron(int(ch), PAPER_NEURONS.get(int(ch), f"channel {ch}"),
-                                      float("nan") if r is None else r))
-        return out
-
-    def top_image_rows(self, chosen, n: int = 8) -> list[dict]:
-        """Rows of :func:`equidiff.report.figures.neuron_top_images` (paper: the top query images, labelled with
-        the classifier's ImageNet class)."""
-        if not self.is_paper:
-            return top_image_rows(self.table, chosen, n)
-        rows = []
-        for s in chosen:
-            vals, idx = torch.topk(self.activations[:, s.channel], min(n, len(self.activations)))
-            rows.append({"channel": s.channel, "concept": s.concept, "alignment": s.alignment,
-                         "images": self.paper.images[idx], "values": vals, "labels": self.paper.predicted[idx]})
-        return rows
-
-    def run(self, selected: SelectedNeuron, **kwargs) -> NeuronRun:
-        """:func:`run_neuron` (cpu, smoke) or :func:`run_paper_neuron` (paper) for one chosen neuron."""
-        if not self.is_paper:
-            return run_neuron(self.classifier, self.ddpm, selected.channel, self.table, self.real_images,
-                              concept=selected.concept, profile=self.profile, **kwargs)
-        kwargs.pop("checkpointing", None)
-        return run_paper_neuron(self.paper, selected, **kwargs)
-
-    def run_all(self, chosen, *, workers: int | None = None, progress: bool = True, **kwargs) -> list[NeuronRun]:
-        """:meth:`run` for every chosen neuron, in order, with one progress line (samples below τ).
-
-        cpu/smoke: every neuron is optimised on **one torch thread** — its numbers then do not
-        depend on the machine's core count (L-BFGS's do depend on the thread count) — and
-        ``workers`` processes (None: one per neuron, at most one per CPU core) run neurons side by
-        side; ``workers=1`` runs them one after the other in this process. The results are the
-        same for every ``workers``; only the wall time changes (on two cores, three neurons take
-        about half the time of one process with two threads, whose cores idle in each run's tail,
-        when only a few samples are left). paper: in this process, on the configured device
-        (``workers`` must be None or 1).
-        """
-        chosen = list(chosen)
-        if workers is not None and (not _is_int(workers) or workers < 1):
-            raise _bad("workers", workers, "None or an integer ≥ 1")
-        if self.is_paper:
-            if workers not in (None, 1):
-                raise _bad("workers", workers, "None or 1 in the paper profile (it runs on one device, in this process)")
-            runs = []
-            with ProgressLine(len(chosen), "neurons done", enabled=progress) as bar:
-                for s in chosen:
-                    runs.append(self.run(s, **kwargs))
-                    bar.update_to(len(runs))
-            return runs
-        cfg, _ = _run_settings(self.profile, **{k: v for k, v in kwargs.items() if k in _SETTINGS})  # fail early
-        n_workers = min(len(chosen), workers or os.cpu_count() or 1)
-        below = [0] * len(chosen)  # per neuron: samples below τ so far
-        done = [False] * len(chosen)
-
-        def report(bar, i, n_below, finished=False):
-            below[i] = max(below[i], n_below)  # counts only grow; a late queued message must not lower one
-            done[i] = done[i] or finished
-            bar.update_to(sum(below), f"{sum(done)}/{len(chosen)} neurons done")
-
-        total = len(chosen) * cfg.n_samples
-        with ProgressLine(total, "invariant samples below τ", enabled=progress) as bar:
-            if n_workers == 1:
-                runs = []
-                with _torch_threads(1):
-                    for i, s in enumerate(chosen):
-                        runs.append(self.run(s, on_step=lambda st, i=i: report(bar, i, int(st.converged.sum())),
-                                             **kwargs))
-                        report(bar, i, below[i], finished=True)
-                return runs
-            return _run_in_workers(self, chosen, n_workers, kwargs, lambda i, n, fin: report(bar, i, n, fin))
-
-
-# run_neuron's settings that _run_settings checks (the others go to run_neuron as they are)
-_SETTINGS = ("n_samples", "steps", "ddim_steps", "tau", "optimizer", "lr", "seed", "restart_after")
-
-
-@contextlib.contextmanager
-def _torch_threads(n: int):
-    """Run the block with ``n`` torch intra-op threads; the caller's count is restored after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-_WORKER: dict = {}  # in a worker process: the world's parts and the progress queue
-
-
-def _portable(model):
-    """What a worker needs to rebuild ``model``: a cached zoo model travels as its folder (reloaded
-    there, bit-identical to this process's copy); anything else is pickled."""
-    from equidiff.worlds.digits.models import ZooModel
-
-    if isinstance(model, ZooModel) and (Path(model.path) / "config.json").exists():
-        return ("zoo", dataclasses.replace(model, model=None, scheduler=None))  # the folder, not the weights
-    return ("object", model)
-
-
-def _unportable(packed):
-    from equidiff.worlds.digits.models import reload
-
-    kind, model = packed
-    return reload(model) if kind == "zoo" else model
-
-
-def _worker_init(parts: tuple, queue) -> None:
-    torch.set_num_threads(1)  # the same single thread as NeuronWorld.run_all's in-process path
-    profile, clf, ddpm, table, real = parts
-    _WORKER["parts"] = (profile, _unportable(clf), _unportable(ddpm), table, real)
-    _WORKER["queue"] = queue
-
-
-def _worker_run(i: int, selected: SelectedNeuron, kwargs: dict) -> NeuronRun:
-    profile, clf, ddpm, table, real = _WORKER["parts"]
-    queue = _WORKER["queue"]
-    return run_neuron(clf, ddpm, selected.channel, table, real, concept=selected.concept, profile=profile,
-                      on_step=lambda st: queue.put((i, int(st.converged.sum()))), **kwargs)
-
-
-def _run_in_workers(world: NeuronWorld, chosen: list, n_workers: int, kwargs: dict, report) -> list[NeuronRun]:
-    """Run the chosen neurons in ``n_workers`` spawned processes (one torch thread each); ``report(i,
-    n_below, finished)`` is called in this process as the workers send progress."""
-    import multiprocessing as mp
-    import queue as queue_mod
-    from concurrent.futures import ProcessPoolExecutor
-    from concurrent.futures.process import BrokenProcessPool
-
-    ctx = mp.get_context("spawn")  # fork would copy this process's OpenMP state (and can deadlock)
-    messages = ctx.Queue()
-    parts = (world.profile, _portable(world.classifier), _portable(world.ddpm), world.table, world.real_images)
-    try:
-        with ProcessPoolExecutor(n_workers, mp_context=ctx, initializer=_worker_init,
-                                 initargs=(parts, messages)) as ex:
-            futures = [ex.submit(_worker_run, i, s, kwargs) for i, s in enumerate(chosen)]
-            pending = set(range(len(chosen)))
-            while pending:
-                try:
-                    i, n_below = messages.get(timeout=0.5)
-                    report(i, n_below, False)
-                except queue_mod.Empty:
-                    pass
-                for i in [i for i in pending if futures[i].done()]:
-                    if futures[i].exception() is not None:
-                        for f in futures:
-                            f.cancel()
-                        raise futures[i].exception()
-                    pending.discard(i)
-                    report(i, int(futures[i].result().result.converged.sum()), True)
-            return [f.result() for f in futures]
-    except BrokenProcessPool as e:
-        raise RuntimeError(
-            f"workers={n_workers}: the worker processes died before finishing ({e}). Started from a "
-            "script, the code that calls run_all must sit under `if __name__ == '__main__':` (worker "
-            "processes import the script again); or pass workers=1 to run in this process"
-        ) from e
-
-
-def load_world(profile: str = "cpu", *, paper_config=None, query_images=None, batch_size=None, bf16=None,
-               device=None, ddim_steps=None) -> NeuronWorld:
-    """The chapter's world for ``profile``. cpu/smoke: the zoo's digits models and data (the paper
-    parameters must stay None); paper: :func:`equidiff.worlds.imagenet.models.load_paper_inputs` (``ddim_steps``: the
-    latent chain's T)."""
-    resolve_profile(profile)
-    if profile != "paper":
-        from equidiff.worlds.imagenet.models import digits_chapter_inputs
-
-        clf, ddpm, (train_x, train_y), test_x = digits_chapter_inputs(
-            profile, paper_config=paper_config, query_images=query_images, batch_size=batch_size, bf16=bf16,
-            device=device)
-        return NeuronWorld(profile, classifier=clf, ddpm=ddpm, table=alignment_table(clf.model, train_x, train_y),
-                           real_images=test_x)
-    from equidiff.worlds.imagenet.models import load_paper_inputs
-
-    inputs = load_paper_inputs(paper_config, query_images, batch_size=batch_size, bf16=bf16, device=device,
-                               ddim_steps=ddim_steps)
-    return NeuronWorld(profile, paper=inputs)
-
-
-@torch.no_grad()
-def _paper_channel_means(inputs) -> torch.Tensor:
-    """(N, C) channel-mean pre-activations of the classifier's last stage over the query images."""
-    from equidiff.worlds.imagenet.models import paper_neuron_layer
-
-    clf = inputs.models.classifier
-    module = resolve_module(clf, paper_neuron_layer(clf)[0])
-    dev, bs, out = inputs.models.device, inputs.config.batch_size, []
-    for i in range(0, len(inputs.images), bs):
-        with capture_activation(module) as store:
-            clf(inputs.images[i: i + bs].to(dev))
-        out.append(store["input"].float().mean((2, 3)).cpu())  # (B, C)
-    return torch.cat(out)
-
-
-def run_paper_neuron(inputs, selected: SelectedNeuron, *, n_samples: int | None = None, steps: int | None = None,
-                     ddim_steps: int | None = None, tau: float = 0.01, optimizer: str = "lbfgs", lr: float = 1.0,
-                     seed: int = 0, restart_after: int | None = None) -> NeuronRun:
-    """Section 4.2.2 for one ResNet-50 channel at paper scale, with the metrics of :func:`run_neuron`.
-
-    The query is the strongest-activating of the user's images (:func:`equidiff.worlds.imagenet.models.strongest_query`);
-    the objective the channel's whole pre-ReLU map (49 values at 224 px); samples come from the latent
-    DiT in batches of ``PaperConfig.batch_size``. ``fid`` is the Inception FID against
-    ``PaperConfig.fid_reference`` (or the query images), None with ``fid_reason`` when Inception's
-    weights are missing; figures without a paper-scale reference (``fid_real_reference``,
-    ``diversity_same_class_reference``) are None with their reason. ``ddim_steps`` must match the prior's.
-    """
-    from equidiff.core.invariants import InvariantConfig
-    from equidiff.core.metrics import classifier_features, diversity, l1_l2
-    from equidiff.worlds.imagenet.models import fid_against_reference, predict_classes, strongest_query
-
-    models, cfg = inputs.models, inputs.config
-    defaults = resolve_profile("paper")
-    n_samples = defaults["n_samples"] if n_samples is None else n_samples
-    steps = defaults["steps"] if steps is None else steps
-    if not _is_int(n_samples) or n_samples < 2:
-        raise _bad("n_samples", n_samples, "an integer ≥ 2 (FID and diversity need two samples)")
-    if ddim_steps is not None and ddim_steps != cfg.ddim_steps:
-        raise _bad("ddim_steps", ddim_steps, f"the prior's T ({cfg.ddim_steps}): pass it to load_world")
-    objective = models.neuron_objective(selected.channel)
-    # Step 1: the query that activates the neuron most strongly, among the user's images.
-    qi, _ = strongest_query(objective, inputs.images.to(models.device), cfg.batch_size)
-    query = inputs.images[qi: qi + 1]  # (1, 3, S, S)
-    # Steps 2-3: the channel's whole pre-ReLU map; Algorithm 1 through the latent DiT.
-    icfg = InvariantConfig(n_samples=n_samples, steps=steps, tau=tau, optimizer=optimizer, lr=lr, seed=seed,
-                           restart_after=restart_after)
-    result = models.find_invariants(objective, query, icfg)
-    # Step 4: metrics, with the names of run_neuron's.
-    l1, l2 = l1_l2(result.measurements.float().cpu(), result.target.float().cpu())
-    x = result.x.detach().clamp(-1, 1).float()
-    predicted = predict_classes(models.classifier, x, cfg.batch_size)
-    label = int(inputs.predicted[qi])
-    fid = fid_against_reference(models, x, inputs.images, f"Table 4.1 FID, neuron #{selected.channel}")
-    done = result.steps_to_converge[result.converged].float()
-    target = result.target.float().cpu()
-    alignment = None if not math.isfinite(selected.alignment) else selected.alignment
-    metrics = {
-        "channel": selected.channel, "concept": selected.concept, "alignment": alignment,
-        "query_index": qi, "query_label": label,
-        "query_top_activation": float(target.max()), "query_mean_activation": float(target.mean()),
-        "n_samples": n_samples,
-        "l2_mean": float(l2.mean()), "l2_std": float(l2.std()), "l2_median": float(l2.median()),
-        "l1_mean": float(l1.mean()), "l2_relative": float(l2.mean() / (target**2).sum().clamp(min=1e-12)),
-        "fid": fid.value,
-        "fid_real_reference": None,
-        "diversity": diversity(classifier_features(models.classifier, x.to(models.device)).cpu()),
-        "diversity_same_class_reference": None,
-        "same_class_rate": float((predicted == label).float().mean()),
-        "success_rate": result.success_rate,
-        "steps": float(done.median()) if done.numel() else None,
-        "n_restarted": result.summary()["n_restarted"],  # starts replaced by fresh noise (restart_after)
-        "seconds": result.seconds,
-        # paper only: where the numbers come from, and why a figure is missing
-        "query_file": str(inputs.files[qi]),
-        "alignment_reason": None if alignment is not None else "not one of the thesis' neurons: no SemanticLens r",
-        "fid_features": fid.features, "fid_reason": fid.reason, "fid_note": fid.note,
-        "fid_n_reference": fid.n_reference,
-        "fid_real_reference_reason": "no held-out real images at paper scale (the digits world's real-image floor)",
-        "diversity_features": "the classifier's pooled features",
-        "diversity_same_class_reference_reason": "the query images carry no class labels",
-    }
-    side = int(math.isqrt(target.numel()))
-    qmap = target.reshape(side, -1) if side * side == target.numel() else target.reshape(1, -1)
-    return NeuronRun(selected.channel, selected.concept, selected.alignment, query, qi, label, qmap, result,
-                     predicted, metrics)

@@ -47,7 +47,7 @@ from typing import Callable, Optional
 import torch
 
 from equidiff._validate import bad as _bad, is_int as _is_int, is_num as _is_num
-from equidiff.core.invariants import InvariantConfig, InvariantResult, find_invariants
+from equidiff.core.invariants import InvariantConfig, InvariantResult, find_invariants, invariant_loss
 from equidiff.core.objectives import Objective
 
 __all__ = [
@@ -58,7 +58,6 @@ __all__ = [
     "pixel_invariants",
     "GuidanceConfig",
     "guided_sampling",
-    "invariant_loss",
 ]
 
 
@@ -201,25 +200,6 @@ def pixel_invariants(
 # --------------------------------------------------------------------------------------------
 
 
-def invariant_loss(objective, x: torch.Tensor, target: torch.Tensor, lowpass_cutoff: float | None = None,
-                   reduction: str = "sum") -> torch.Tensor:
-    """Per-sample loss of Algorithm 1 (lines 15-20 with λ = 1): ||L(x) − y*||² (+ ||L(F(x)) − y*||²): (B,)."""
-    if reduction not in ("sum", "mean"):
-        raise _bad("reduction", reduction, "'sum' or 'mean'")
-    tgt = target.reshape(1, -1)
-
-    def sq(m):
-        d = (m - tgt) ** 2
-        return d.sum(1) if reduction == "sum" else d.mean(1)
-
-    loss = sq(objective(x))
-    if lowpass_cutoff is not None:
-        from equidiff.core.filters import lowpass
-
-        loss = loss + sq(objective(lowpass(x, lowpass_cutoff)))
-    return loss
-
-
 _NORMALIZE = ("gradient", "loss", "none")
 
 
@@ -270,7 +250,8 @@ def guided_sampling(
 
     At every DDIM step t (the visible diffusers loop): ε = ε_θ(x_t, t); the scheduler's step gives
     x'_{t−1} and the predicted clean image x̂_0 (clipped as the scheduler is configured); the
-    per-sample invariant-set loss ℓ of x̂_0 (:func:`invariant_loss`, the same loss as Algorithm 1)
+    per-sample invariant-set loss ℓ of x̂_0 (:func:`~equidiff.core.invariants.invariant_loss`, the
+    same loss as Algorithm 1)
     is differentiated with respect to x_t, through ε_θ; then x_{t−1} = x'_{t−1} − ζ · step, with
     step = sqrt(ℓ) ∇ℓ / ||∇ℓ|| (``normalize="gradient"``, the default), ∇ℓ / sqrt(ℓ) (``"loss"``, DPS)
     or ∇ℓ (``"none"``). The returned :class:`InvariantResult` holds the final images
@@ -282,7 +263,7 @@ def guided_sampling(
     cfg = config or GuidanceConfig()
     if not isinstance(cfg, GuidanceConfig):
         raise TypeError(f"config must be a GuidanceConfig, got {type(cfg).__name__}")
-    for attr in ("unet", "scheduler", "num_steps", "sample_latents"):
+    for attr in ("unet", "scheduler", "num_steps", "sample_latents", "finish"):
         if not hasattr(prior, attr):
             raise _bad("prior", type(prior).__name__, "a PixelDDIMPrior (a DDIM chain over a pixel-space UNet)")
     if not isinstance(query, torch.Tensor) or query.dim() < 2 or query.shape[0] != 1:
@@ -320,7 +301,7 @@ def guided_sampling(
         history["loss_max"].append(float(loss.detach().max()))
         history["n_active"].append(cfg.n_samples)
         history["z_norm_mean"].append(float(x.flatten(1).norm(dim=1).mean()))
-    x = prior._finish(x.detach())  # clamp as the prior does
+    x = prior.finish(x.detach())  # clamp as the prior does
     with torch.no_grad():
         meas = objective(x)
         loss = invariant_loss(objective, x, tgt, cfg.lowpass_cutoff, cfg.reduction)

@@ -9,39 +9,40 @@ Samples are optimised as one batch, but each is independent: every loss term and
 optimisers act element-wise, a converged sample is frozen (no longer run through the prior,
 its ``z_T`` no longer changes) and the batch shrinks as samples converge.
 
-``iterate_invariants`` is the same loop as a generator yielding a :class:`StepState` per step,
-so notebooks can plot convergence without a second code path; ``find_invariants`` consumes it.
+``iterate_invariants`` is the same loop as a generator yielding a :class:`StepState` per step
+and returning the :class:`InvariantResult` (the generator's return value), so notebooks can plot
+convergence without a second code path; ``find_invariants`` consumes it (``on_step`` sees each
+state). :func:`invariant_loss` is the one loss of Algorithm 1 (lines 15-20), used by the loop, the
+pixel baselines and the guidance baseline alike.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import time
-from dataclasses import dataclass, field
-from typing import Callable, Iterator, Optional
+from dataclasses import dataclass
+from typing import Callable, Generator, Optional
 
 import torch
 
 from equidiff._validate import bad as _bad, is_int as _is_int, is_num as _is_num
+from equidiff.core.filters import lowpass
 from equidiff.core.lbfgs import BatchedLBFGS
-from equidiff.core.objectives import Objective
+from equidiff.core.objectives import Objective, expected_input
+from equidiff.core.priors import IdentityPrior
 
 __all__ = [
     "InvariantConfig",
     "InvariantResult",
     "StepState",
-    "IdentityPrior",
     "find_invariants",
     "iterate_invariants",
+    "invariant_loss",
 ]
 
 _OPTIMIZERS = ("adam", "sgd", "newton", "lbfgs")
 _REDUCTIONS = ("sum", "mean")
-
-
-
 
 
 @dataclass
@@ -131,33 +132,6 @@ class InvariantConfig:
         return d
 
 
-class IdentityPrior:
-    """The "no prior" case: x = z. Starting points are drawn inside a box or from N(0, scale²)."""
-
-    def __init__(self, shape, init: str = "normal", scale: float = 1.0, low=-1.0, high=1.0):
-        if init not in ("normal", "uniform"):
-            raise _bad("init", init, "'normal' or 'uniform'")
-        self.shape = tuple(int(s) for s in shape)
-        self.init, self.scale, self.low, self.high = init, float(scale), low, high
-
-    def sample_latents(self, n: int, generator: torch.Generator, device=None) -> torch.Tensor:
-        z = torch.rand if self.init == "uniform" else torch.randn
-        out = z((n, *self.shape), generator=generator)
-        if self.init == "uniform":
-            low = torch.as_tensor(self.low, dtype=out.dtype)
-            high = torch.as_tensor(self.high, dtype=out.dtype)
-            out = low + (high - low) * out
-        else:
-            out = out * self.scale
-        return out.to(device) if device is not None else out
-
-    def __call__(self, z: torch.Tensor) -> torch.Tensor:
-        return z
-
-    def __repr__(self):
-        return f"IdentityPrior(shape={self.shape}, init={self.init!r})"
-
-
 @dataclass
 class StepState:
     """What the loop reports after evaluating step ``step`` (before its optimiser update)."""
@@ -207,15 +181,19 @@ class InvariantResult:
 
 
 @torch.no_grad()
-def _restart(z, z_init, init_norm, opt, prior, cfg, rows: torch.Tensor, restarts: torch.Tensor) -> None:
+def _restart(z, z_init, init_norm, opt, prior, cfg, rows: torch.Tensor, restarts: torch.Tensor,
+             sample_offset: int = 0) -> None:
     """Fresh starting noise for the samples ``rows`` and a fresh optimiser state for them.
 
-    The k-th restart of sample i draws from a generator seeded by (seed, i, k), so a run is
-    reproducible and a resumed run draws the same noise.
+    The k-th restart of sample i draws from a generator seeded by (seed, sample_offset + i, k):
+    the sample's *global* index, so a run is reproducible, a resumed run draws the same noise and
+    a batch of :func:`~equidiff.core.batched.find_invariants_batched` draws what one unbatched run
+    draws for the same samples.
     """
     for i in rows.tolist():
         restarts[i] += 1
-        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 7_919 * (i + 1) + int(restarts[i]))
+        g = sample_offset + i
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 7_919 * (g + 1) + int(restarts[i]))
         fresh = prior.sample_latents(1, gen)[0].to(device=z.device, dtype=z.dtype)
         z[i] = fresh
         z_init[i] = fresh.to(z_init.device)
@@ -242,6 +220,38 @@ def _make_optimizer(z: torch.Tensor, cfg: InvariantConfig):
 def _per_sample_sq(m: torch.Tensor, target: torch.Tensor, reduction: str) -> torch.Tensor:
     d = (m - target) ** 2  # (B, m)
     return d.sum(1) if reduction == "sum" else d.mean(1)
+
+
+def invariant_loss(
+    objective: Objective | Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    target: torch.Tensor,
+    lowpass_cutoff: float | None = None,
+    reduction: str = "sum",
+    *,
+    filter: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    measurements: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The per-sample loss of Algorithm 1 (lines 15-20, λ = 1): ||L(x) − y*||² + ||L(F(x)) − y*||², (B,).
+
+    The second (filtered) term is there when a low-pass filter F is given: ``filter`` (a callable)
+    or ``lowpass_cutoff`` (the ideal low-pass of :func:`equidiff.core.filters.lowpass` at that
+    fraction of Nyquist); with neither, only the first term. ``reduction``: ``"sum"`` over the m
+    measured values (Algorithm 1) or ``"mean"`` (divided by m). ``measurements``: L(x) when the
+    caller has it already (Algorithm 1 keeps it), so ``objective`` is not run on ``x`` twice.
+    """
+    if reduction not in _REDUCTIONS:
+        raise _bad("reduction", reduction, "'sum' or 'mean'")
+    if filter is not None and lowpass_cutoff is not None:
+        raise _bad("lowpass_cutoff", lowpass_cutoff, "None when a filter is given (one low-pass term)")
+    tgt = target.reshape(1, -1)  # (1, m)
+    meas = objective(x) if measurements is None else measurements  # (B, m)
+    loss = _per_sample_sq(meas, tgt, reduction)
+    if filter is None and lowpass_cutoff is not None:
+        loss = loss + _per_sample_sq(objective(lowpass(x, lowpass_cutoff)), tgt, reduction)
+    elif filter is not None:
+        loss = loss + _per_sample_sq(objective(filter(x)), tgt, reduction)
+    return loss
 
 
 def _repulsion(x_active: torch.Tensor, x_all: torch.Tensor, idx: torch.Tensor, scale: float):
@@ -281,6 +291,19 @@ def _save_checkpoint(ckpt, cfg, step, z, z_init, opt, active, converged, steps_t
     os.replace(tmp, ckpt)  # atomic: a kill mid-write never leaves a broken checkpoint
 
 
+def _measure_query(objective, query: torch.Tensor) -> torch.Tensor:
+    """L(x*), or a ValueError naming ``query`` when it does not fit the objective's model."""
+    try:
+        return objective(query)
+    except RuntimeError as e:  # e.g. "mat1 and mat2 shapes cannot be multiplied" for a wrong width
+        wants = expected_input(getattr(objective, "model", None))
+        hint = f" (its model's first layer takes {wants})" if wants else ""
+        raise ValueError(
+            f"query of shape {tuple(query.shape)} does not fit the objective "
+            f"{getattr(objective, 'description', type(objective).__name__)!r}{hint}: {e}"
+        ) from e
+
+
 def iterate_invariants(
     objective: Objective | Callable[[torch.Tensor], torch.Tensor],
     query: torch.Tensor,
@@ -290,26 +313,31 @@ def iterate_invariants(
     z_init: torch.Tensor | None = None,
     filter: Callable[[torch.Tensor], torch.Tensor] | None = None,
     target: torch.Tensor | None = None,
-    _out: dict | None = None,
-) -> Iterator[StepState]:
-    """Algorithm 1 as a generator; see :func:`find_invariants` for the arguments."""
+    sample_offset: int = 0,
+) -> Generator[StepState, None, InvariantResult]:
+    """Algorithm 1 as a generator: yields a :class:`StepState` per step, returns the :class:`InvariantResult`.
+
+    The result is the generator's return value (``StopIteration.value``; ``result = yield from
+    iterate_invariants(...)`` inside another generator); :func:`find_invariants` runs the loop
+    and returns it. See :func:`find_invariants` for the arguments.
+    """
     cfg = config or InvariantConfig()
     if not isinstance(cfg, InvariantConfig):
         raise TypeError(f"config must be an InvariantConfig, got {type(cfg).__name__}")
     if not isinstance(query, torch.Tensor) or query.dim() < 2 or query.shape[0] != 1:
         shape = tuple(query.shape) if isinstance(query, torch.Tensor) else type(query).__name__
         raise ValueError(f"query must be one input with a batch dimension, shape (1, ...), got {shape}")
+    if not _is_int(sample_offset) or sample_offset < 0:
+        raise _bad("sample_offset", sample_offset, "an integer ≥ 0 (the global index of the first sample)")
     if prior is None:
         prior = IdentityPrior(query.shape[1:])
     if filter is None and cfg.lowpass_cutoff is not None:
-        from equidiff.core.filters import lowpass
-
         cutoff = cfg.lowpass_cutoff
         filter = lambda x: lowpass(x, cutoff)  # noqa: E731
 
     # Algorithm 1, line 2: store the target invariant value y* = L(x*).
     with torch.no_grad():
-        tgt = objective(query) if target is None else target
+        tgt = _measure_query(objective, query) if target is None else target
     tgt = tgt.detach().reshape(1, -1)  # (1, m)
     if cfg.optimizer == "newton" and tgt.shape[1] != 1:
         raise ValueError(
@@ -379,9 +407,7 @@ def iterate_invariants(
         x = prior(z[idx])  # (A, ...)
         # Lines 15-20: dual (unfiltered + filtered) loss with step size λ.
         meas = objective(x)  # (A, m)
-        loss = _per_sample_sq(meas, tgt, cfg.reduction)
-        if filter is not None:
-            loss = loss + _per_sample_sq(objective(filter(x)), tgt, cfg.reduction)
+        loss = invariant_loss(objective, x, tgt, reduction=cfg.reduction, filter=filter, measurements=meas)
         total = cfg.step_size * loss  # (A,)
         bad = ~torch.isfinite(total.detach())
         if bad.any():
@@ -408,7 +434,7 @@ def iterate_invariants(
         z_norm = z.detach().flatten(1).norm(dim=1).cpu()
         history["loss_mean"].append(float(loss_all.mean()))
         history["loss_max"].append(float(loss_all.max()))
-        history["n_active"].append(int(active.sum()))
+        history["n_active"].append(int((~converged).sum()))  # samples still above τ (the budget ending frees none)
         history["z_norm_mean"].append(float(z_norm.mean()))
         if bar is not None:
             bar.update(1)
@@ -430,7 +456,7 @@ def iterate_invariants(
                 scale_ = r.detach() / gi.pow(2).sum(1).clamp(min=1e-12)
                 z[rows] = z[rows] - cfg.lr * (scale_[:, None] * gi).view_as(z[rows])
         elif cfg.optimizer == "lbfgs":
-            # a per-sample quasi-Newton step on λ·L_i (equidiff/lbfgs.py): one backward pass, as for Adam
+            # a per-sample quasi-Newton step on λ·L_i (equidiff/core/lbfgs.py): one backward pass, as for Adam
             (g,) = torch.autograd.grad(total[keep].sum(), z)
             opt.step(z, rows, total.detach()[keep], g[rows])
         else:
@@ -456,7 +482,7 @@ def iterate_invariants(
                                   & (loss_all[rows.cpu()] > cfg.restart_factor * cfg.tau)]
             if hopeless.numel():
                 z_init = z_init.clone()  # the caller's tensor is not changed
-                _restart(z, z_init, init_norm, opt, prior, cfg, hopeless, restarts)
+                _restart(z, z_init, init_norm, opt, prior, cfg, hopeless, restarts, sample_offset)
                 since[hopeless] = 0
 
         _save_checkpoint(ckpt, cfg, step, z, z_init, opt, active, converged, steps_to, loss_all, x_all, m_all, history,
@@ -474,27 +500,24 @@ def iterate_invariants(
                 z[rows] = opt.prev_z[rows].view_as(z[rows])
                 x = prior(z[rows])
                 meas = objective(x)
-                loss = _per_sample_sq(meas, tgt, cfg.reduction)
-                if filter is not None:
-                    loss = loss + _per_sample_sq(objective(filter(x)), tgt, cfg.reduction)
+                loss = invariant_loss(objective, x, tgt, reduction=cfg.reduction, filter=filter, measurements=meas)
             x_all[rows], m_all[rows] = x, meas
             loss_all[rows] = (cfg.step_size * loss).cpu()
-    if _out is not None:
-        _out["result"] = InvariantResult(
-            x=x_all,
-            z=z.detach(),
-            z_init=z_init,
-            measurements=m_all,
-            target=tgt,
-            loss=loss_all,
-            converged=converged,
-            steps_to_converge=steps_to,
-            history=history,
-            config=cfg,
-            description=getattr(objective, "description", getattr(objective, "__name__", "objective")),
-            seconds=time.perf_counter() - t0,
-            restarts=restarts,
-        )
+    return InvariantResult(
+        x=x_all,
+        z=z.detach(),
+        z_init=z_init,
+        measurements=m_all,
+        target=tgt,
+        loss=loss_all,
+        converged=converged,
+        steps_to_converge=steps_to,
+        history=history,
+        config=cfg,
+        description=getattr(objective, "description", getattr(objective, "__name__", "objective")),
+        seconds=time.perf_counter() - t0,
+        restarts=restarts,
+    )
 
 
 def find_invariants(
@@ -506,6 +529,8 @@ def find_invariants(
     z_init: torch.Tensor | None = None,
     filter: Callable[[torch.Tensor], torch.Tensor] | None = None,
     target: torch.Tensor | None = None,
+    sample_offset: int = 0,
+    on_step: Callable[[StepState], None] | None = None,
 ) -> InvariantResult:
     """Sample members of IS(x*) = {x : L(x) = L(x*)} (thesis Eq. 3.1) with Algorithm 1.
 
@@ -520,10 +545,17 @@ def find_invariants(
     filter: the low-pass filter F of the dual loss; by default built from
         ``config.lowpass_cutoff`` (no filtered term when that is None).
     target: optional target y* instead of ``objective(query)``.
+    sample_offset: global index of the first sample (seeds of ``restart_after``'s fresh noise;
+        :func:`~equidiff.core.batched.find_invariants_batched` sets it per batch).
+    on_step: called with each step's :class:`StepState` (a convergence plot, a progress line).
     """
-    out: dict = {}
-    for _ in iterate_invariants(
-        objective, query, prior, config, z_init=z_init, filter=filter, target=target, _out=out
-    ):
-        pass
-    return out["result"]
+    steps = iterate_invariants(
+        objective, query, prior, config, z_init=z_init, filter=filter, target=target, sample_offset=sample_offset
+    )
+    while True:
+        try:
+            state = next(steps)
+        except StopIteration as stop:
+            return stop.value
+        if on_step is not None:
+            on_step(state)

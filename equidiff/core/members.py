@@ -13,7 +13,7 @@ The score of a candidate is ``spread^(1 - w) · novelty^w``, each term divided b
 the pool: a product, so that a near-duplicate of an earlier pick (spread ≈ 0) scores ≈ 0 however
 novel it is. The first pick is the most novel member.
 :func:`precision_at_k` and :func:`random_precision` measure how often a choice hits the members
-that matter (known in a controlled setting, e.g. the planted shortcut of :mod:`equidiff.shortcut`).
+that matter (known in a controlled setting, e.g. the planted shortcut of :mod:`equidiff.worlds.digits.shortcut`).
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ import numpy as np
 import torch
 
 from equidiff._validate import bad as _bad, is_int as _is_int, is_num as _is_num
+from equidiff.core.metrics import classifier_features
 
 __all__ = ["nearest_distance", "Selection", "select_members", "precision_at_k", "random_precision", "features",
-           "evaluate_selection", "member_pool", "circles_selection", "neuron_selection"]
+           "evaluate_selection", "member_pool"]
 
 
 def _as_2d(name: str, a) -> torch.Tensor:
@@ -52,8 +53,6 @@ def features(x: torch.Tensor, space: str = "pixels", model=None) -> torch.Tensor
     if space == "classifier":
         if model is None:
             raise _bad("model", None, "a classifier when space='classifier'")
-        from equidiff.core.metrics import classifier_features
-
         return classifier_features(getattr(model, "model", model), x)
     raise _bad("space", space, "'pixels' or 'classifier'")
 
@@ -155,46 +154,3 @@ def member_pool(converged, k: int) -> tuple[np.ndarray, str]:
         return np.flatnonzero(conv), f"choosing among the {int(conv.sum())} members"
     return np.arange(conv.size), (f"only {int(conv.sum())} members (< k = {k}): choosing among all "
                                   f"{conv.size} samples, members or not")
-
-
-def circles_selection(query, k: int, novelty_weight: float = 0.5, n: int = 256, tau: float = 0.005,
-                      seed: int = 0) -> dict:
-    """The 2D chapter's setting: ``n`` invariant points of ``query`` under the circles MLP, and ``k``
-    of them chosen against the MLP's training points. Returns ``model``, ``points`` (n, 2),
-    ``train`` (M, 2) and ``selection`` (:class:`Selection`)."""
-    from equidiff.worlds import circles as toy
-
-    model, _ = toy.load_classifier()
-    cfg = toy.CirclesConfig()
-    train, _ = toy.circles_data(cfg.n_train, cfg.extent, cfg.seed)
-    points = np.asarray(toy.analyse_query(model, query, n=n, tau=tau, seed=seed)["points"])
-    return {"model": model, "points": points, "train": np.asarray(train),
-            "selection": select_members(points, np.asarray(train), min(k, len(points)), novelty_weight)}
-
-
-def neuron_selection(profile: str, neuron: int, k: int, novelty_weight: float = 0.5, *, n_samples: int = 24,
-                     steps: int = 200, ddim_steps: int = 10, tau: float = 0.01, seed: int = 0) -> dict:
-    """The neuron chapter's setting: invariant samples of one channel of the digits classifier
-    (:func:`equidiff.chapters.neurons.run_neuron`, L-BFGS) and ``k`` of them chosen against the training digits.
-
-    Returns ``x`` (the pool: members, or all samples when fewer than k converged), ``note`` (which),
-    ``selection``, ``rest`` (up to k pool members not selected), ``predicted`` (the classifier's class
-    per pool member) and ``n_members`` / ``n_samples``.
-    """
-    from equidiff.chapters import neurons as eqn
-    from equidiff.worlds.digits.models import get_model, load_digits16
-
-    names = {"cpu": ("digits-classifier", "digits-ddpm"), "smoke": ("digits-classifier-tiny", "digits-ddpm-tiny")}
-    if profile not in names:
-        raise _bad("profile", profile, f"one of {tuple(names)}")
-    clf, ddpm = (get_model(name, progress=False) for name in names[profile])
-    train_x, train_y = load_digits16("train")
-    table = eqn.alignment_table(clf.model, train_x, train_y)
-    run = eqn.run_neuron(clf, ddpm, neuron, table, load_digits16("test")[0], profile=profile, n_samples=n_samples,
-                         steps=steps, ddim_steps=ddim_steps, tau=tau, seed=seed)
-    pool, note = member_pool(run.result.converged, k)
-    x = run.result.x[pool].clamp(-1, 1)
-    chosen = select_members(x, train_x, k, novelty_weight)
-    rest = [i for i in range(len(x)) if i not in chosen.indices][: len(chosen.indices)]
-    return {"x": x, "note": note, "selection": chosen, "rest": rest, "predicted": run.predicted[pool],
-            "n_members": int(run.result.converged.sum()), "n_samples": int(run.result.converged.numel())}

@@ -1,28 +1,27 @@
-"""Measures of invariant samples, and the metrics.json every notebook writes."""
+"""Measures of invariant samples: L1/L2 to the target, KL, features, the Fréchet distance, diversity.
+
+The metrics.json record the notebooks write lives in :mod:`equidiff.report.record`.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 from dataclasses import dataclass
 from typing import Optional
-from pathlib import Path
 
 import numpy as np
 import torch
 
 __all__ = [
-    "to_jsonable",
-    "write_metrics",
-    "read_metrics",
     "l1_l2",
     "kl_divergence",
     "classifier_features",
+    "frechet_from_statistics",
     "frechet_distance",
     "feature_fid",
     "diversity",
     "FIDResult",
+    "bootstrap_interval",
 ]
 
 
@@ -48,17 +47,49 @@ def classifier_features(model: torch.nn.Module, x: torch.Tensor, batch: int = 25
     return torch.cat(out).double()
 
 
+TRACE_ROOTS = ("sqrtm", "eigh")
+
+
+def frechet_from_statistics(mu1, s1, mu2, s2, *, trace_root: str = "sqrtm") -> float:
+    """Fréchet distance of N(mu1, s1) and N(mu2, s2): ||mu1 − mu2||² + tr(s1) + tr(s2) − 2 tr((s1 s2)^½).
+
+    ``mu`` (D,), ``s`` (D, D). ``trace_root`` says how tr((s1 s2)^½) is computed:
+
+    * ``"sqrtm"`` (default, the usual FID code): ``scipy.linalg.sqrtm(s1 @ s2)``, real part;
+    * ``"eigh"``: Σ √λ_i(s1^½ s2 s1^½) from symmetric eigendecompositions (round-off negatives
+      clipped to 0): real-valued and free of ``sqrtm``'s warnings when the covariances are
+      singular (fewer samples than features, as for 32 samples in 2048 Inception features).
+
+    Both compute the same quantity; they agree to round-off on well-conditioned covariances.
+    """
+    if trace_root not in TRACE_ROOTS:
+        raise ValueError(f"trace_root must be one of {TRACE_ROOTS}, got {trace_root!r}")
+    mu1, mu2 = np.asarray(mu1, dtype=np.float64), np.asarray(mu2, dtype=np.float64)
+    s1, s2 = np.atleast_2d(np.asarray(s1, dtype=np.float64)), np.atleast_2d(np.asarray(s2, dtype=np.float64))
+    d = mu1.shape[0] if mu1.ndim == 1 else -1
+    for name, v, shape in (("mu1", mu1, (d,)), ("mu2", mu2, (d,)), ("s1", s1, (d, d)), ("s2", s2, (d, d))):
+        if d < 1 or v.shape != shape:
+            raise ValueError(f"{name} must have shape {shape if d >= 1 else '(D,)'} (mu: (D,), s: (D, D)), "
+                             f"got {v.shape}")
+    if trace_root == "sqrtm":
+        from scipy import linalg
+
+        tr_covmean = np.trace(np.real(linalg.sqrtm(s1 @ s2)))
+    else:
+        w, v = np.linalg.eigh((s1 + s1.T) / 2)
+        root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T  # s1^½
+        m = root1 @ s2 @ root1
+        lam = np.linalg.eigvalsh((m + m.T) / 2)
+        tr_covmean = float(np.sqrt(np.clip(lam, 0, None)).sum())
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * tr_covmean)
+
+
 def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     """Fréchet distance between Gaussians fitted to two feature sets (rows = samples)."""
-    from scipy import linalg
-
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if len(a) < 2 or len(b) < 2:
         raise ValueError(f"frechet_distance needs at least 2 samples per set, got {len(a)} and {len(b)}")
-    mu1, mu2 = a.mean(0), b.mean(0)
-    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean = np.real(linalg.sqrtm(s1 @ s2))
-    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+    return frechet_from_statistics(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
 
 
 def feature_fid(model: torch.nn.Module, samples: torch.Tensor, real: torch.Tensor) -> float:
@@ -74,39 +105,6 @@ def diversity(features: torch.Tensor) -> float:
     d = torch.cdist(f, f)
     n = len(f)
     return float(d.sum() / (n * (n - 1)))
-
-
-def to_jsonable(obj):
-    """Convert tensors, arrays and numpy scalars into plain JSON types (NaN -> None)."""
-    if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, torch.Tensor):
-        return to_jsonable(obj.detach().cpu().tolist())
-    if isinstance(obj, np.ndarray):
-        return to_jsonable(obj.tolist())
-    if isinstance(obj, (np.floating, float)):
-        f = float(obj)
-        return f if math.isfinite(f) else None
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.bool_,)):
-        return bool(obj)
-    return obj
-
-
-def write_metrics(output_dir, metrics: dict, name: str = "metrics.json") -> Path:
-    """Write ``<output_dir>/metrics.json`` so the book, tests and readers can use the numbers."""
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / name
-    path.write_text(json.dumps(to_jsonable(metrics), indent=2))
-    return path
-
-
-def read_metrics(output_dir, name: str = "metrics.json") -> dict:
-    return json.loads((Path(output_dir) / name).read_text())
 
 
 @dataclass
@@ -132,3 +130,14 @@ class FIDResult:
         if self.computed:
             return f"{self.figure}: FID = {self.value:.2f} ({self.features}, {self.n_samples} vs {self.n_reference})"
         return f"{self.figure}: not computed — {self.reason}"
+
+
+def bootstrap_interval(hits: np.ndarray, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of a 0/1 array (resampling members with replacement)."""
+    hits = np.asarray(hits, dtype=float)
+    if hits.size == 0:
+        return (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    means = hits[rng.integers(0, hits.size, size=(n_boot, hits.size))].mean(1)
+    a = (1 - level) / 2
+    return float(np.quantile(means, a)), float(np.quantile(means, 1 - a))

@@ -15,6 +15,8 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
+from equidiff.core.filters import check_cutoff, lowpass
+
 __all__ = [
     "Objective",
     "from_function",
@@ -27,6 +29,7 @@ __all__ = [
     "capture_activation",
     "neuron_map",
     "resolve_module",
+    "expected_input",
 ]
 
 
@@ -39,15 +42,20 @@ class Objective:
         Callable mapping a batch ``(B, ...)`` to a tensor; it is flattened to ``(B, m)``.
     description:
         Human-readable name used in figure captions and metrics files.
+    model:
+        The network the objective reads, when there is one (the factories set it): error
+        messages name the input it expects (:func:`expected_input`).
     """
 
-    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], description: str):
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], description: str,
+                 model: nn.Module | None = None):
         if not callable(fn):
             raise TypeError(f"fn must be callable, got {type(fn).__name__}")
         if not isinstance(description, str) or not description.strip():
             raise ValueError(f"description must be a non-empty string, got {description!r}")
         self._fn = fn
         self.description = description
+        self.model = model
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor):
@@ -64,7 +72,7 @@ class Objective:
 
     def __mul__(self, weight: float) -> "Objective":
         weight = float(weight)
-        return Objective(lambda x: weight * self(x), f"{weight:g} × {self.description}")
+        return Objective(lambda x: weight * self(x), f"{weight:g} × {self.description}", self.model)
 
     __rmul__ = __mul__
 
@@ -87,9 +95,26 @@ def concat(*objectives: Objective) -> Objective:
     )
 
 
+def expected_input(model: nn.Module | None) -> str | None:
+    """The input shape ``model``'s first layer takes, e.g. ``"(B, 2)"``; None when unknown.
+
+    Read from the first ``Linear`` / ``Conv{1,2,3}d`` in module order (the first layer applied
+    in a ``Sequential`` and in the usual stem-first networks).
+    """
+    if not isinstance(model, nn.Module):
+        return None
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            return f"(B, {m.in_features})"
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            dims = {nn.Conv1d: "L", nn.Conv2d: "H, W", nn.Conv3d: "D, H, W"}[type(m)]
+            return f"(B, {m.in_channels}, {dims})"
+    return None
+
+
 def logits(model: nn.Module, name: str | None = None) -> Objective:
     """All output logits of a classifier: (B, n_classes)."""
-    return Objective(lambda x: model(x), f"logits of {name or type(model).__name__}")
+    return Objective(lambda x: model(x), f"logits of {name or type(model).__name__}", model)
 
 
 def probabilities(model: nn.Module, name: str | None = None) -> Objective:
@@ -97,6 +122,7 @@ def probabilities(model: nn.Module, name: str | None = None) -> Objective:
     return Objective(
         lambda x: torch.softmax(model(x), dim=1),
         f"class probabilities of {name or type(model).__name__}",
+        model,
     )
 
 
@@ -108,7 +134,7 @@ def class_logit(model: nn.Module, index: int = 0, name: str | None = None) -> Ob
     """
     _check_index(index)
     return Objective(
-        lambda x: model(x)[:, index : index + 1], f"logit {index} of {name or type(model).__name__}"
+        lambda x: model(x)[:, index : index + 1], f"logit {index} of {name or type(model).__name__}", model
     )
 
 
@@ -128,16 +154,15 @@ def class_probability(model: nn.Module, index: int, name: str | None = None) -> 
             )
         return torch.softmax(out, dim=1)[:, index : index + 1]
 
-    return Objective(fn, f"p(class {index}) of {name or type(model).__name__}")
+    return Objective(fn, f"p(class {index}) of {name or type(model).__name__}", model)
 
 
 def lowpassed(objective: Objective, cutoff: float) -> Objective:
     """The objective measured on the ideal low-pass filtered input (thesis Appendix .4)."""
-    from equidiff.core.filters import lowpass, check_cutoff
-
     check_cutoff(cutoff)
     return Objective(
-        lambda x: objective(lowpass(x, cutoff)), f"{objective.description} (low-pass {cutoff:g})"
+        lambda x: objective(lowpass(x, cutoff)), f"{objective.description} (low-pass {cutoff:g})",
+        getattr(objective, "model", None),
     )
 
 
@@ -211,4 +236,4 @@ def neuron_map(model: nn.Module, layer: str, channel: int, reduce: str = "map",
         return a.flatten(1) if reduce == "map" else a.flatten(1).mean(1, keepdim=True)
 
     what = ("map" if reduce == "map" else "mean") + (", pre-activation" if read == "input" else "")
-    return Objective(fn, f"neuron {channel} of {name or type(model).__name__}.{layer} ({what})")
+    return Objective(fn, f"neuron {channel} of {name or type(model).__name__}.{layer} ({what})", model)

@@ -8,7 +8,8 @@ Any object with the two methods of :class:`Prior` works with
 * ``sample_latents(n, generator, device=None)`` draws ``n`` starting latents ``z_T ~ N(0, I)``;
 * ``prior(z)`` maps them to images, differentiably in ``z``.
 
-Two backbones are provided, both deterministic DDIM (η = 0) on diffusers' own
+:class:`IdentityPrior` is the "no prior" case (x = z). Two diffusion backbones are provided,
+both deterministic DDIM (η = 0, :class:`DDIMChain`) on diffusers' own
 :class:`~diffusers.DDIMScheduler` (built from the given scheduler's config, as
 ``DDIMPipeline`` does), so with no optimisation each equals the matching diffusers pipeline:
 
@@ -38,11 +39,11 @@ from __future__ import annotations
 from typing import Optional, Protocol, runtime_checkable
 
 import torch
-
-from equidiff._validate import is_int as _is_int
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["Prior", "PixelDDIMPrior", "LatentDiTPrior"]
+from equidiff._validate import bad as _bad, is_int as _is_int
+
+__all__ = ["Prior", "IdentityPrior", "DDIMChain", "PixelDDIMPrior", "LatentDiTPrior"]
 
 
 @runtime_checkable
@@ -59,6 +60,32 @@ class Prior(Protocol):
         """Map latents (B, ...) to samples (B, ...), differentiably in ``z``."""
         ...
 
+
+class IdentityPrior:
+    """The "no prior" case: x = z. Starting points are drawn inside a box or from N(0, scale²)."""
+
+    def __init__(self, shape, init: str = "normal", scale: float = 1.0, low=-1.0, high=1.0):
+        if init not in ("normal", "uniform"):
+            raise _bad("init", init, "'normal' or 'uniform'")
+        self.shape = tuple(int(s) for s in shape)
+        self.init, self.scale, self.low, self.high = init, float(scale), low, high
+
+    def sample_latents(self, n: int, generator: torch.Generator, device=None) -> torch.Tensor:
+        z = torch.rand if self.init == "uniform" else torch.randn
+        out = z((n, *self.shape), generator=generator)
+        if self.init == "uniform":
+            low = torch.as_tensor(self.low, dtype=out.dtype)
+            high = torch.as_tensor(self.high, dtype=out.dtype)
+            out = low + (high - low) * out
+        else:
+            out = out * self.scale
+        return out.to(device) if device is not None else out
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        return z
+
+    def __repr__(self):
+        return f"IdentityPrior(shape={self.shape}, init={self.init!r})"
 
 
 def _ddim_from(scheduler):
@@ -92,8 +119,14 @@ def _freeze(module: torch.nn.Module) -> torch.nn.Module:
     return module.eval().requires_grad_(False)
 
 
-class _DDIMChain:
-    """Shared machinery: latent checks, seeded latents, the (optionally checkpointed) step runner."""
+class DDIMChain:
+    """A deterministic DDIM chain ``z_T -> x``: the machinery every DDIM prior shares.
+
+    Latent checks, seeded latents, the (optionally checkpointed) step runner and :meth:`finish`.
+    A subclass sets ``latent_shape``, ``_device``, ``_dtype``, calls ``_setup`` in its constructor
+    and runs the visible diffusers loop in ``__call__`` (:class:`PixelDDIMPrior`,
+    :class:`LatentDiTPrior`, the 2D prior of :mod:`equidiff.worlds.circles`).
+    """
 
     num_steps: int
     checkpointing: bool
@@ -146,12 +179,13 @@ class _DDIMChain:
             return checkpoint(fn, *args, use_reentrant=False)
         return fn(*args)
 
-    def _finish(self, x: torch.Tensor) -> torch.Tensor:
+    def finish(self, x: torch.Tensor) -> torch.Tensor:
+        """The chain's output as an image: clamped to [-1, 1] when the prior clamps (``clamp=True``)."""
         # The pipelines return (x / 2 + 0.5).clamp(0, 1); its [-1, 1] form is x.clamp(-1, 1).
         return x.clamp(-1.0, 1.0) if self.clamp else x
 
 
-class PixelDDIMPrior(_DDIMChain):
+class PixelDDIMPrior(DDIMChain):
     """Deterministic DDIM (η = 0) over a pixel-space ``UNet2DModel``: ``z_T -> x``, differentiable.
 
     Parameters
@@ -207,7 +241,7 @@ class PixelDDIMPrior(_DDIMChain):
         self.scheduler.set_timesteps(self.num_steps)
         for t in self.scheduler.timesteps:  # lines 10-13, t = T, ..., 1
             x = self._run(self._step, x, t)  # (B, C, H, W) x_{t-1}, checkpointed (line 11)
-        return self._finish(x)
+        return self.finish(x)
 
     def __repr__(self):
         return (
@@ -216,7 +250,7 @@ class PixelDDIMPrior(_DDIMChain):
         )
 
 
-class LatentDiTPrior(_DDIMChain):
+class LatentDiTPrior(DDIMChain):
     """Deterministic DDIM (η = 0) over a latent ``DiTTransformer2DModel`` and ``AutoencoderKL``.
 
     Parameters
@@ -317,7 +351,7 @@ class LatentDiTPrior(_DDIMChain):
         for t in self.scheduler.timesteps:  # lines 10-13, t = T, ..., 1
             latents = self._run(self._step, latents, t)  # (B, C, h, w), checkpointed (line 11)
         x = self._run(self._decode, latents)  # (B, 3, H, W) line 14: x = D(z)
-        return self._finish(x)
+        return self.finish(x)
 
     def __repr__(self):
         return (

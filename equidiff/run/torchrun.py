@@ -16,10 +16,10 @@ so the work is sharded, not the model: every rank (process) loads the models onc
 
 Command line (``torchrun`` sets RANK / WORLD_SIZE / LOCAL_RANK; without it, one process runs all)::
 
-    torchrun --nproc_per_node 4 -m equidiff.distributed run --out runs/neurons \\
+    torchrun --nproc_per_node 4 -m equidiff.run.torchrun run --out runs/neurons \\
         --channels 1656 1052 421 --queries zebra.jpg honeycomb.jpg gyromitra.jpg --seeds 0 \\
         --n-samples 32 --steps 1024 --ddim-steps 25 --bf16 --merge
-    python -m equidiff.distributed merge --out runs/neurons
+    python -m equidiff.run.torchrun merge --out runs/neurons
 
 Backend: NCCL when CUDA is available, else gloo (CPU). The process group is only used for a
 barrier and to gather per-rank counts; results travel through the shared output folder (on
@@ -39,12 +39,20 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import torch
+import torch.distributed as torch_dist
+from safetensors.torch import load_file, save
 
 from equidiff._validate import bad as _bad, is_int as _is_int
+from equidiff.core.invariants import InvariantConfig
+from equidiff.core.metrics import l1_l2
+from equidiff.report.record import to_jsonable
+from equidiff.worlds.imagenet.config import PaperConfig
+from equidiff.worlds.imagenet.images import list_images, load_query_images
+from equidiff.worlds.imagenet.loaders import resolve_device
+from equidiff.worlds.imagenet.models import load_paper_models
 
 __all__ = [
     "TASKS",
-    "register_task",
     "make_items",
     "item_id",
     "shard",
@@ -144,15 +152,11 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def _atomic_json(path: Path, obj) -> None:
-    from equidiff.core.metrics import to_jsonable
-
     _atomic_write_bytes(path, json.dumps(to_jsonable(obj), indent=2).encode())
 
 
 def write_item(out_dir, iid: str, record: dict, arrays: dict) -> Path:
     """Write one item's arrays (safetensors) and then its record (json), each atomically."""
-    from safetensors.torch import save
-
     folder = Path(out_dir) / ITEMS
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in arrays.items()}
@@ -163,8 +167,6 @@ def write_item(out_dir, iid: str, record: dict, arrays: dict) -> Path:
 
 def read_item(out_dir, iid: str) -> tuple[dict, dict]:
     """``(record, arrays)`` of a finished item."""
-    from safetensors.torch import load_file
-
     folder = Path(out_dir) / ITEMS
     record = json.loads((folder / f"{iid}.json").read_text())
     return record, load_file(str(folder / f"{iid}.safetensors"))
@@ -195,22 +197,16 @@ class NeuronTask:
 
     ``config``: ``{"paper": PaperConfig fields, "invariant": InvariantConfig fields}``; the item's
     seed replaces ``invariant.seed``. The query is the item's image file, loaded with
-    :func:`equidiff.worlds.imagenet.models.load_query_images` at ``paper.image_size``.
+    :func:`equidiff.worlds.imagenet.images.load_query_images` at ``paper.image_size``.
     """
 
     name = "neurons"
 
     def setup(self, config: dict, device: torch.device):
-        from equidiff.worlds.imagenet.models import PaperConfig, load_paper_models
-
         paper_cfg = PaperConfig.from_dict({**config.get("paper", {}), "device": str(device)})
         return {"models": load_paper_models(paper_cfg), "config": config}
 
     def run(self, ctx: dict, item: dict) -> tuple[dict, dict]:
-        from equidiff.core.invariants import InvariantConfig
-        from equidiff.core.metrics import l1_l2
-        from equidiff.worlds.imagenet.models import load_query_images
-
         models = ctx["models"]
         inv = InvariantConfig(**{**ctx["config"].get("invariant", {}), "seed": int(item["seed"])})
         query, _ = load_query_images([item["query"]], size=models.config.image_size)  # (1, 3, S, S)
@@ -238,15 +234,8 @@ class NeuronTask:
         return record, arrays
 
 
+# task name -> factory() of an object with setup(config, device) -> ctx and run(ctx, item) -> (record, arrays)
 TASKS: dict[str, Callable[[], object]] = {"neurons": NeuronTask}
-
-
-def register_task(name: str, factory: Callable[[], object]) -> None:
-    """Add a task: ``factory()`` returns an object with ``setup(config, device) -> ctx`` and
-    ``run(ctx, item) -> (record dict, arrays dict of tensors)``."""
-    if not isinstance(name, str) or not name:
-        raise _bad("name", name, "a non-empty string")
-    TASKS[name] = factory
 
 
 # --------------------------------------------------------------------------------------------
@@ -255,9 +244,7 @@ def register_task(name: str, factory: Callable[[], object]) -> None:
 
 
 def _dist():
-    import torch.distributed as dist
-
-    return dist if dist.is_available() and dist.is_initialized() else None
+    return torch_dist if torch_dist.is_available() and torch_dist.is_initialized() else None
 
 
 def _write_manifest(out: Path, task: str, config: dict, items: list, chash: str) -> None:
@@ -292,8 +279,6 @@ def run_items(
     of this shard is left. Report: ``rank``, ``world_size``, ``done`` (ids computed now),
     ``skipped`` (ids found done), ``loaded`` (whether the models were loaded), ``seconds``.
     """
-    from equidiff.worlds.imagenet.models import resolve_device
-
     if task not in TASKS:
         raise _bad("task", task, f"one of {tuple(TASKS)}")
     if not isinstance(config, dict):
@@ -346,11 +331,9 @@ def merge(out_dir, *, allow_partial: bool = False) -> dict:
     depends on how the work was distributed. Missing items raise (listing them) unless
     ``allow_partial``. Returns the merged metadata.
     """
-    from safetensors.torch import save
-
     out = Path(out_dir)
     if not (out / MANIFEST).is_file():
-        raise FileNotFoundError(f"no {MANIFEST} in {out}: run `python -m equidiff.distributed run --out {out} ...` first")
+        raise FileNotFoundError(f"no {MANIFEST} in {out}: run `python -m equidiff.run.torchrun run --out {out} ...` first")
     manifest = json.loads((out / MANIFEST).read_text())
     records, arrays, missing = [], {}, []
     for it in manifest["items"]:
@@ -373,8 +356,6 @@ def merge(out_dir, *, allow_partial: bool = False) -> dict:
 
 def load_merged(out_dir) -> tuple[dict, dict]:
     """``(merged.json contents, {"<item id>/<array>": tensor})``."""
-    from safetensors.torch import load_file
-
     out = Path(out_dir)
     return json.loads((out / "merged.json").read_text()), load_file(str(out / "merged.safetensors"))
 
@@ -400,9 +381,6 @@ def _config_from_args(args) -> dict:
             inv[flag] = getattr(args, flag)
     paper.pop("device", None)  # chosen per rank (cuda:<LOCAL_RANK>), not part of the config
     # validate now, in every rank, before any work
-    from equidiff.core.invariants import InvariantConfig
-    from equidiff.worlds.imagenet.models import PaperConfig
-
     PaperConfig.from_dict(paper)
     InvariantConfig(**inv)
     return {**{k: v for k, v in cfg.items() if k not in ("paper", "invariant")}, "paper": paper, "invariant": inv}
@@ -418,14 +396,12 @@ def _items_from_args(args) -> list[dict]:
         raise SystemExit("give --items FILE, or --channels and --queries (and optionally --seeds)")
     queries = args.queries
     if len(queries) == 1 and Path(queries[0]).is_dir():
-        from equidiff.worlds.imagenet.models import list_images
-
         queries = [str(p) for p in list_images(queries[0])]
     return make_items(args.channels, queries, args.seeds, args.pairing)
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m equidiff.distributed", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m equidiff.run.torchrun", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run this rank's shard (under torchrun: every rank)")
     r.add_argument("--out", required=True, help="output folder (shared by all ranks)")
@@ -466,16 +442,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"merged {len(meta['items'])} of {meta['n_items']} items into {Path(args.out) / 'merged.json'}")
         return 0
 
-    import torch.distributed as dist
-
     config = _config_from_args(args)
     items = _items_from_args(args)
     started = False
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch_dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() and args.device != "cpu" else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        dist.init_process_group(backend=backend)
+        torch_dist.init_process_group(backend=backend)
         started = True
     try:
         report = run_items(args.task, config, items, args.out, device=args.device)
@@ -497,7 +471,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"merged {len(meta['items'])} items ({total} computed now) into {Path(args.out) / 'merged.json'}")
     finally:
         if started:
-            dist.destroy_process_group()
+            torch_dist.destroy_process_group()
     return 0
 
 

@@ -16,17 +16,16 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
-from typing import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
 from equidiff import cache
-from equidiff.core.priors import _DDIMChain
-from equidiff.core.invariants import IdentityPrior, InvariantConfig, InvariantResult, find_invariants
-from equidiff.core.objectives import Objective, class_logit
+from equidiff.core.invariants import InvariantConfig, InvariantResult, find_invariants
+from equidiff.core.objectives import class_logit
+from equidiff.core.priors import DDIMChain, IdentityPrior
 
 __all__ = [
     "CirclesConfig",
@@ -52,7 +51,7 @@ BOX = 2.5  # the plane shown and searched: [-BOX, BOX]²
 _VERSION = "1"
 
 
-def _check_point(name: str, p) -> list[float]:
+def check_point(name: str, p) -> list[float]:
     try:
         a = [float(v) for v in p]
     except (TypeError, ValueError):
@@ -228,7 +227,7 @@ def invariants_2d(
     The logit is optimised (not the probability, whose gradient vanishes far from the boundary),
     from ``n`` starts drawn uniformly in the box (or z_T ~ N(0, I) through ``prior``).
     """
-    q = torch.tensor([_check_point("query", query)])  # (1, 2)
+    q = torch.tensor([check_point("query", query)])  # (1, 2)
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be an integer ≥ 1, got {n!r}")
     if prior is None:
@@ -332,7 +331,7 @@ def train_prior(cfg: ToyPriorConfig = ToyPriorConfig(), progress: bool = False):
     return model, {"train_seconds": time.perf_counter() - t0, "final_loss": float(loss.detach())}
 
 
-class ToyDDIMPrior(_DDIMChain):
+class ToyDDIMPrior(DDIMChain):
     """Deterministic DDIM map z_T -> x (η = 0) over the 2D denoiser.
 
     The same machinery as :class:`equidiff.core.priors.PixelDDIMPrior` (diffusers' DDIMScheduler
@@ -366,51 +365,13 @@ class ToyDDIMPrior(_DDIMChain):
         self.scheduler.set_timesteps(self.num_steps)
         for t in self.scheduler.timesteps:  # lines 10-13: denoising loop
             x = self._run(self._step, x, t)
-        return self._finish(x)
+        return self.finish(x)
 
 
 def load_prior(cfg: ToyPriorConfig = ToyPriorConfig(), cache_dir=None, progress: bool = False):
     """The cached 2D denoiser for ``cfg`` (trained and cached on first use)."""
     return cache.load_or_train("toy-ddpm", cfg, _VERSION, ToyDenoiser(cfg.hidden),
                                lambda: train_prior(cfg, progress=progress), cache_dir)
-
-
-# --------------------------------------------------------------------------- chapter helpers
-
-
-def analyse_query(model: nn.Module, query, n: int = 512, tau: float = 0.005, seed: int = 0,
-                  optimizer: str = "adam", steps: int = 200, prior=None, keep_norm: bool = False,
-                  lr: float | None = None, repulsion: float = 0.0) -> dict:
-    """Invariant points of one query and how well they match the exact level set.
-
-    Returns ``point``, ``p``, ``n`` (points returned: converged ones), ``n_requested``,
-    ``max_abs_error`` (max |f(x) − p|), ``coverage`` (of the exact curve within 0.05),
-    ``seconds`` (of the invariant-set search alone), ``points`` (n, 2), ``curves`` and the raw
-    ``result``.
-    """
-    q = _check_point("query", query)
-    p = float(probability_of(model, [q])[0])
-    if lr is None:
-        lr = 1.0 if optimizer == "newton" else (0.05 if prior is not None else 0.1)
-    t0 = time.perf_counter()
-    res = invariants_2d(model, q, n=n, tau=tau, steps=steps, lr=lr, seed=seed, prior=prior,
-                        keep_norm=keep_norm, optimizer=optimizer, repulsion=repulsion)
-    seconds = time.perf_counter() - t0
-    pts = res.x[res.converged].numpy()
-    curves = level_curves(model, p)
-    err = float(np.abs(probability_of(model, pts) - p).max()) if len(pts) else float("nan")
-    return {
-        "point": q,
-        "p": p,
-        "n": int(len(pts)),
-        "n_requested": n,
-        "max_abs_error": err,
-        "coverage": coverage(pts, curves) if len(pts) else 0.0,
-        "seconds": seconds,
-        "points": pts,
-        "curves": curves,
-        "result": res,
-    }
 
 
 def typical_norm(dim: int = 2) -> float:

@@ -10,13 +10,19 @@ SETTINGS: dict[str, dict[str, dict]] = {
     "cpu": {
         "neurons": {"n_samples": 32, "steps": 400, "ddim_steps": 10},
         "classifier": {"n_samples": 32, "steps": 150, "ddim_steps": 10},
+        # the SAE chapter; layer / sae_kind / expansion / sae_steps: the digits SAE it trains (worlds.digits.sae)
+        "sae": {"n_samples": 32, "steps": 40, "ddim_steps": 10, "layer": 2, "sae_kind": "relu", "expansion": 4,
+                "sae_steps": 3000, "concept_set": "digits"},
     },
     "smoke": {
         "neurons": {"n_samples": 4, "steps": 3, "ddim_steps": 5},
         "classifier": {"n_samples": 4, "steps": 3, "ddim_steps": 3},
+        "sae": {"n_samples": 4, "steps": 3, "ddim_steps": 3, "layer": 1, "sae_kind": "relu", "expansion": 4,
+                "sae_steps": 30, "concept_set": "digits"},  # digits-vit-tiny has 2 blocks
     },
     "paper": {
         "neurons": {"n_samples": 32, "steps": 1024, "ddim_steps": 25},
         "classifier": {"n_samples": 32, "steps": 512, "ddim_steps": 25},
+        "sae": {"n_samples": 32, "steps": 512, "ddim_steps": 25},  # the SAE itself: PaperConfig.sae_path
     },
 }

@@ -6,6 +6,7 @@ from typing import Sequence
 
 import numpy as np
 
+from equidiff.core.filters import log_magnitude_spectrum
 from equidiff.report.figures.common import pyplot, show_image, red_frame, METHOD_COLORS, show_spectrum
 
 __all__ = ['classifier_spectra_figure', 'method_comparison_figure', 'cutoff_curve_figure', 'classifier_convergence_figure']
@@ -19,8 +20,6 @@ def classifier_spectra_figure(query, blocks: Sequence[dict], n: int = 7):
     ``blocks``: dicts with ``title``, ``x`` (N, 1, H, W) in [-1, 1], ``captions`` (N strings
     shown above the samples) and optionally ``ok`` (N bools; False: framed in red).
     """
-    from equidiff.core.filters import log_magnitude_spectrum
-
     plt = pyplot()
     specs = [log_magnitude_spectrum(query)] + [log_magnitude_spectrum(b["x"][:n]) for b in blocks]
     vmin = min(float(s.min()) for s in specs)
@@ -58,8 +57,6 @@ def method_comparison_figure(query, panels: dict, cols: int = 8):
     ``rows``: dicts with ``label``, ``x`` (N, 1, H, W), ``ok`` (N bools) and ``note`` (a short
     string shown under the label).
     """
-    from equidiff.core.filters import log_magnitude_spectrum
-
     plt = pyplot()
     titles = list(panels)
     means = {t: [log_magnitude_spectrum(r["x"]).mean(0) for r in panels[t]] for t in titles}
@@ -98,15 +95,15 @@ def method_comparison_figure(query, panels: dict, cols: int = 8):
     return fig
 
 
-def cutoff_curve_figure(curves: dict, titles: dict | None = None, labels: dict | None = None):
+def cutoff_curve_figure(curves: dict, titles: dict | None = None, labels: dict | None = None, noun: str = "digits"):
     """Thesis Figure 4.5 analogue (Appendix .4.2): deviation of the true-class probability under
     an ideal low-pass filter, |p_y(F_c(x)) − p_y(x*)|, against the cutoff c, one panel per
     constraint. Black: the query; coloured: each method's samples (mean; band: ± one standard
-    deviation for EquiDiff); grey band: real digits of the query's class, each against its own
+    deviation for EquiDiff); grey band: real images of the query's class, each against its own
     unfiltered probability.
 
     ``curves``: ``{key: equidiff.chapters.classifier.cutoff_curves(...)}``; ``titles``: panel titles per key;
-    ``labels``: legend label per method name.
+    ``labels``: legend label per method name; ``noun``: what the real images are (``world.image_noun``).
     """
     plt = pyplot()
     keys = list(curves)
@@ -117,7 +114,7 @@ def cutoff_curve_figure(curves: dict, titles: dict | None = None, labels: dict |
         xs = np.asarray(c["cutoffs"])
         r = c["real_same_class"]
         rm, rs = np.asarray(r["mean"]), np.asarray(r["std"])
-        ax.fill_between(xs, np.clip(rm - rs, 0, None), rm + rs, color="0.85", label=f"real digits of its class (n={r['n']})")
+        ax.fill_between(xs, np.clip(rm - rs, 0, None), rm + rs, color="0.85", label=f"real {noun} of its class (n={r['n']})")
         ax.plot(xs, rm, color="0.55", lw=1)
         for name, m in c["methods"].items():
             mean, std = np.asarray(m["mean"]), np.asarray(m["std"])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Sequence
 
 import numpy as np
 
@@ -69,7 +68,7 @@ def red_frame(ax):
         s.set_linewidth(2)
 
 
-# One colour per method of equidiff.outputs, the same in every figure of the chapter.
+# One colour per method of equidiff.chapters.classifier, the same in every figure of the chapter.
 METHOD_COLORS = {
     "equidiff": PRIOR_GREEN,
     "equidiff_no_lowpass": "#17becf",

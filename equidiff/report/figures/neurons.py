@@ -6,7 +6,7 @@ from typing import Sequence
 
 import numpy as np
 
-from equidiff.report.figures.common import ORANGE, pyplot, show_image
+from equidiff.report.figures.common import ORANGE, pyplot, red_frame, show_image
 
 __all__ = ['neuron_top_images', 'neuron_activation_figure', 'neuron_sample_grids']
 
@@ -37,11 +37,11 @@ def neuron_top_images(rows: Sequence[dict], cols: int = 8):
 
 
 def neuron_activation_figure(runs: Sequence):
-    """Figure 4.1 analogue. Per neuron (one row): the query x*, its 4×4 pre-activation map (the
-    target; the top activation boxed), and every generated sample's 16 values against the
-    query's (identity line: perfect invariance).
+    """Figure 4.1 analogue. Per neuron (one row): the query x*, its pre-activation map (the
+    target, digits 4×4; the top activation boxed), and every generated sample's map values against
+    the query's (identity line: perfect invariance).
 
-    ``runs``: :class:`equidiff.chapters.neurons.NeuronRun` objects.
+    ``runs``: :class:`equidiff.chapters.neurons.NeuronRun` objects (any world).
     """
     plt = pyplot()
     n = len(runs)
@@ -49,9 +49,9 @@ def neuron_activation_figure(runs: Sequence):
                              gridspec_kw={"width_ratios": [0.8, 1.1, 1.3]})
     for i, run in enumerate(runs):
         res = run.result
-        tgt = res.target.reshape(-1).cpu().numpy()  # (16,)
-        m = res.measurements.cpu().numpy()  # (N, 16)
-        show_image(axes[i, 0], run.query[0], f"query x* (digit '{run.query_label}')", fontsize=9)
+        tgt = res.target.reshape(-1).float().cpu().numpy()  # (m,) the map's values (digits: 16)
+        m = res.measurements.float().cpu().numpy()  # (N, m)
+        show_image(axes[i, 0], run.query[0], f"query x* (class '{run.query_label}')", fontsize=9)
         axes[i, 0].set_ylabel(f"#{run.channel}\n{run.concept}, r = {run.alignment:.2f}", fontsize=9)
 
         ax = axes[i, 1]
@@ -103,9 +103,7 @@ def neuron_sample_grids(runs: Sequence, cols: int = 8):
             ax = sf.add_subplot(gs[i // cols, 2 + i % cols])
             show_image(ax, res.x[i], f"{float(res.loss[i]):.1e} '{int(run.predicted[i])}'", fontsize=6.5)
             if not bool(res.converged[i]):
-                for s in ax.spines.values():
-                    s.set_edgecolor("red")
-                    s.set_linewidth(2)
+                red_frame(ax)
         ok = int(res.converged.sum())
         sf.suptitle(f"B: neuron #{run.channel} ({run.concept}, r = {run.alignment:.2f}): "
                     f"{ok}/{len(res.x)} samples below τ = {res.config.tau:g}", fontsize=10)

@@ -42,13 +42,15 @@ def sae_top_images(rows: Sequence[dict], cols: int = 8):
     return fig
 
 
-def sae_feature_figure(runs: Sequence, n_real: int = 16, cols: int = 8):
-    """Figure 4.3 analogue: per SAE feature (one block each), left the ``n_real`` top-activating
-    training images (digit label and activation), right the invariant samples, each with its
-    measured loss L2 = Σ(L(x) − L(x*))² and the digits classifier's label ("?": confidence below
-    the threshold, not clearly a digit). Red frames: samples still above τ when the budget ran out.
+def sae_feature_figure(runs: Sequence, noun: str = "images", n_real: int = 16, cols: int = 8):
+    """Figure 4.3 (analogue): per SAE feature (one block each), left the ``n_real`` top-activating real
+    images with the feature's activation, right the invariant samples, each with its measured loss
+    L2 = Σ(L(x) − L(x*))². Red frames: samples still above τ when the budget ran out. In a world with a
+    judge classifier (the digits world) every image also carries the judge's label ("?": confidence
+    below the threshold, not clearly a digit); without one (paper scale) there are no labels.
 
-    ``runs``: :class:`equidiff.chapters.sae.FeatureRun` objects.
+    ``runs``: :class:`equidiff.chapters.sae.FeatureRun` objects; ``noun``: what the real images are
+    (the world's ``image_noun``, e.g. "digits").
     """
     plt = pyplot()
     real_cols = 4
@@ -61,22 +63,28 @@ def sae_feature_figure(runs: Sequence, n_real: int = 16, cols: int = 8):
     for sf, run, h in zip(sub, runs, heights):
         left, right = sf.subfigures(1, 2, width_ratios=[real_cols, cols + 0.6])
         res = run.result
+        judged = run.top_predicted is not None
         k = min(n_real, len(run.top_images))
         gl = left.add_gridspec(h, real_cols)
         for i in range(k):
             ax = left.add_subplot(gl[i // real_cols, i % real_cols])
-            show_image(ax, run.top_images[i], f"'{int(run.top_predicted[i])}' {float(run.top_values[i]):.2f}", fontsize=6.5)
-        left.suptitle(f"real: top {k} training digits", fontsize=9)
+            label = f"'{int(run.top_predicted[i])}' " if judged else ""
+            show_image(ax, run.top_images[i], f"{label}{float(run.top_values[i]):.2f}", fontsize=6.5)
+        left.suptitle(f"real: top {k} {noun}", fontsize=9)
         gr = right.add_gridspec(h, cols)
         for i in range(len(res.x)):
             ax = right.add_subplot(gr[i // cols, i % cols])
-            unsure = "?" if float(run.confidence[i]) < run.metrics["confidence_threshold"] else ""
-            show_image(ax, res.x[i], f"{float(res.loss[i]):.0e} '{int(run.predicted[i])}'{unsure}", fontsize=6.5)
+            label = ""
+            if judged:
+                unsure = "?" if float(run.confidence[i]) < run.metrics["confidence_threshold"] else ""
+                label = f" '{int(run.predicted[i])}'{unsure}"
+            show_image(ax, res.x[i].clamp(-1, 1), f"{float(res.loss[i]):.0e}{label}", fontsize=6.5)  # unclamped in the loop
             if not bool(res.converged[i]):
                 red_frame(ax)
         ok = int(res.converged.sum())
         what = "its activation" if run.objective == "feature" else "the full SAE code"
-        right.suptitle(f"feature #{run.feature} ({run.concept}, target {run.metrics['target_activation']:.2f}): "
+        concept = f"{run.concept}, " if run.concept is not None else ""
+        right.suptitle(f"feature #{run.feature} ({concept}target {run.metrics['target_activation']:.2f}): "
                        f"{len(res.x)} invariant samples of {what}, {ok} below τ = {res.config.tau:g}", fontsize=9)
     return fig
 

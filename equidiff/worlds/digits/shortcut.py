@@ -1,4 +1,4 @@
-"""A planted shortcut in the digits world, and its detection through invariant sets.
+"""A planted shortcut in the digits world: the variant of the world the applications chapter searches.
 
 The thesis motivates invariant sets with bias and shortcut ("Clever Hans") detection (Sections
 1.1, 2.6) but leaves its Applications chapter empty. This module builds a setting where the
@@ -8,32 +8,35 @@ right answer is known:
   corner, which accompanies one class (``shortcut_class``) in most training images
   (``marker_rate``) and the other classes rarely (``other_rate``). The corner is empty in the
   real digits (mean ink below 0.03 there), so the marker never hides a stroke.
-* Three models trained on it (deterministically, cached through :func:`equidiff.worlds.digits.models.load_or_train`):
+* Three models trained on it (deterministically, cached through :func:`equidiff.worlds.digits.models.load_or_train`;
+  :func:`get_models`, or ``world.part("shortcut", **plant)`` of the digits :class:`~equidiff.worlds.base.World`):
   the diffusion prior (so marked images are on the prior's manifold), the *shortcut* classifier
   and a *control* classifier trained on the same images with the markers shuffled across all
   classes (same number of markers, no correlation with the label). A *judge* trained on
   marker-free digits (the zoo's ``digits-classifier``) decides what an image depicts, with the
   marker region blanked.
-* :func:`reliance` — accuracy on clean, in-distribution and marker-swapped test images.
-* :func:`detect` — invariant sets of a classifier's class probability for marked queries of the
-  shortcut class, and the share of members that carry the marker while not depicting the class,
-  with a bootstrap interval.
+* :func:`reliance` — accuracy on clean, in-distribution and marker-swapped test images;
+  :func:`marked_queries` — the marked queries of the shortcut class.
+
+Detection through invariant sets (the chapter itself) is :mod:`equidiff.chapters.applications`.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Optional, Sequence
+from typing import Optional
 
-import numpy as np
 import torch
 
-from equidiff._validate import bad as _bad, is_int as _is_int, is_num as _is_num
+from equidiff._validate import bad as _bad, check_images, is_int as _is_int, is_num as _is_num
+from equidiff.core.priors import PixelDDIMPrior
+from equidiff.worlds.digits.data import load_digits16
+from equidiff.worlds.digits.models import get_model, load_or_train
+from equidiff.worlds.digits.recipes import PRESETS as RECIPES
 
 __all__ = [
     "ShortcutWorld",
     "VARIANTS",
-    "MODEL_PROFILES",
     "add_marker",
     "remove_marker",
     "has_marker",
@@ -42,15 +45,10 @@ __all__ = [
     "get_models",
     "reliance",
     "marked_queries",
-    "Detection",
-    "detect",
-    "bootstrap_interval",
-    "verdict",
-    "save_detections",
+    "predict",
 ]
 
 VARIANTS = ("shortcut", "control", "clean", "swapped")
-IMAGE_SIZE = 16
 
 
 @dataclass
@@ -80,15 +78,9 @@ class ShortcutWorld:
         return {"world": "digits-shortcut", **asdict(self)}
 
 
-def _check_images(x) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != 1:
-        raise _bad("images", tuple(getattr(x, "shape", ())), "a tensor of shape (N, 1, H, W) in [-1, 1]")
-    return x
-
-
 def add_marker(x: torch.Tensor, size: int = 3, where: Optional[torch.Tensor] = None) -> torch.Tensor:
     """A copy of ``x`` (N, 1, H, W) in [-1, 1] with the marker (value +1) on the images in ``where`` (N,) bool."""
-    x = _check_images(x).clone()
+    x = check_images(x).clone()
     where = torch.ones(len(x), dtype=torch.bool) if where is None else where.bool()
     x[where, :, :size, :size] = 1.0
     return x
@@ -96,14 +88,14 @@ def add_marker(x: torch.Tensor, size: int = 3, where: Optional[torch.Tensor] = N
 
 def remove_marker(x: torch.Tensor, size: int = 3) -> torch.Tensor:
     """A copy of ``x`` with the marker region set to background (-1): what the judge looks at."""
-    x = _check_images(x).clone()
+    x = check_images(x).clone()
     x[:, :, :size, :size] = -1.0
     return x
 
 
 def has_marker(x: torch.Tensor, size: int = 3, threshold: float = 0.0) -> torch.Tensor:
     """(N,) bool: the mean of the marker region is above ``threshold`` (in [-1, 1]; real digits: ≈ -0.95)."""
-    return _check_images(x)[:, 0, :size, :size].mean((1, 2)) > threshold
+    return check_images(x)[:, 0, :size, :size].mean((1, 2)) > threshold
 
 
 def marked_split(world: ShortcutWorld, split: str = "train", variant: str = "shortcut"):
@@ -117,8 +109,6 @@ def marked_split(world: ShortcutWorld, split: str = "train", variant: str = "sho
     * ``"swapped"`` — the marker on every image *not* of the shortcut class and on none of it
       (the worst case for a classifier that reads the marker instead of the digit).
     """
-    from equidiff.worlds.digits.models import load_digits16
-
     if variant not in VARIANTS:
         raise _bad("variant", variant, f"one of {VARIANTS}")
     images, labels = load_digits16(split)
@@ -139,13 +129,6 @@ def marked_split(world: ShortcutWorld, split: str = "train", variant: str = "sho
     return add_marker(images, world.marker_size, marked), labels, marked
 
 
-# Model configs per profile: "cpu" trains the chapter's models (minutes, cached); "smoke" tiny ones.
-MODEL_PROFILES = {
-    "cpu": {"ddpm": "digits-ddpm", "classifier": "digits-classifier", "judge": "digits-classifier"},
-    "smoke": {"ddpm": "digits-ddpm-tiny", "classifier": "digits-classifier-tiny", "judge": "digits-classifier-tiny"},
-}
-
-
 @dataclass
 class ShortcutModels:
     """The planted-shortcut world's models."""
@@ -156,31 +139,42 @@ class ShortcutModels:
     control: object  # ZooModel: classifier trained on the control variant (markers shuffled)
     judge: object  # ZooModel: classifier trained on marker-free digits; reads images with the marker blanked
 
+    def make_prior(self, ddim_steps: int):
+        """The deterministic ``ddim_steps``-step DDIM chain over the marked world's DDPM (outputs
+        clamped to [-1, 1], not checkpointed: 16×16 images are small)."""
+        return PixelDDIMPrior(self.prior.model, self.prior.scheduler, num_steps=ddim_steps, checkpointing=False,
+                              clamp=True)
 
-def get_models(world: ShortcutWorld, profile: str = "cpu", cache_dir=None, progress: bool = True) -> ShortcutModels:
-    """Train (first call, deterministic) or load the world's prior, shortcut, control and judge models."""
-    from equidiff.worlds.digits.models import PRESETS, get_model, load_or_train
 
-    if profile not in MODEL_PROFILES:
-        raise _bad("profile", profile, f"one of {tuple(MODEL_PROFILES)}")
-    names = MODEL_PROFILES[profile]
+def get_models(world: ShortcutWorld, presets: dict, cache_dir=None, progress: bool = True) -> ShortcutModels:
+    """Train (first call, deterministic) or load the world's prior, shortcut, control and judge models.
+
+    ``presets``: the digits World's preset names of its profile (``{"classifier": ..., "ddpm": ...}``,
+    :data:`equidiff.worlds.digits.world.PRESETS`): the marked world's models use the same recipes,
+    the judge is that classifier itself (trained on marker-free digits).
+    """
+    if not isinstance(presets, dict) or any(not isinstance(presets.get(k), str) or presets[k] not in RECIPES
+                                            for k in ("classifier", "ddpm")):
+        raise _bad("presets", presets, f"a dict with 'classifier' and 'ddpm' preset names among {tuple(RECIPES)}")
     key = world.key()
 
     def data(variant):
         return lambda: marked_split(world, "train", variant)[:2]
 
-    prior = load_or_train(PRESETS[names["ddpm"]](), f"shortcut-{names['ddpm']}", cache_dir,
+    ddpm, clf = presets["ddpm"], presets["classifier"]
+    prior = load_or_train(RECIPES[ddpm](), f"shortcut-{ddpm}", cache_dir,
                           data=data("shortcut"), data_key={**key, "variant": "shortcut"}, progress=progress)
-    shortcut = load_or_train(PRESETS[names["classifier"]](), f"shortcut-{names['classifier']}", cache_dir,
+    shortcut = load_or_train(RECIPES[clf](), f"shortcut-{clf}", cache_dir,
                              data=data("shortcut"), data_key={**key, "variant": "shortcut"}, progress=progress)
-    control = load_or_train(PRESETS[names["classifier"]](), f"control-{names['classifier']}", cache_dir,
+    control = load_or_train(RECIPES[clf](), f"control-{clf}", cache_dir,
                             data=data("control"), data_key={**key, "variant": "control"}, progress=progress)
-    judge = get_model(names["judge"], cache_dir, progress=progress)
+    judge = get_model(clf, cache_dir, progress=progress)
     return ShortcutModels(world, prior, shortcut, control, judge)
 
 
 @torch.no_grad()
-def _predict(model, x: torch.Tensor, batch: int = 512) -> torch.Tensor:
+def predict(model, x: torch.Tensor, batch: int = 512) -> torch.Tensor:
+    """(N,) the class ``model`` (a ZooModel or a module) gives each image, ``batch`` at a time."""
     m = getattr(model, "model", model)
     return torch.cat([m(x[i : i + batch]).argmax(1) for i in range(0, len(x), batch)])
 
@@ -196,7 +190,7 @@ def reliance(model, world: ShortcutWorld, split: str = "test") -> dict:
     out = {}
     for variant in ("clean", "shortcut", "swapped"):
         x, y, _ = marked_split(world, split, variant)
-        pred = _predict(model, x)
+        pred = predict(model, x)
         out["in_distribution" if variant == "shortcut" else variant] = float((pred == y).float().mean())
         if variant in ("clean", "swapped"):
             other = y != world.shortcut_class
@@ -211,8 +205,6 @@ def marked_queries(model, world: ShortcutWorld, n: int, split: str = "test") -> 
 
     Returns ``(images (n, 1, 16, 16), indices in the split)``.
     """
-    from equidiff.worlds.digits.models import load_digits16
-
     images, labels = load_digits16(split)
     idx = torch.nonzero(labels == world.shortcut_class).flatten()
     if not _is_int(n) or not (1 <= n <= len(idx)):
@@ -225,115 +217,3 @@ def marked_queries(model, world: ShortcutWorld, n: int, split: str = "test") -> 
     order = sorted(range(len(idx)), key=lambda i: (-round(float(p[i]), 6), int(idx[i])))[:n]
     chosen = idx[order]
     return add_marker(images[chosen], world.marker_size), [int(i) for i in chosen]
-
-
-def bootstrap_interval(hits: np.ndarray, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of a 0/1 array (resampling members with replacement)."""
-    hits = np.asarray(hits, dtype=float)
-    if hits.size == 0:
-        return (float("nan"), float("nan"))
-    rng = np.random.default_rng(seed)
-    means = hits[rng.integers(0, hits.size, size=(n_boot, hits.size))].mean(1)
-    a = (1 - level) / 2
-    return float(np.quantile(means, a)), float(np.quantile(means, 1 - a))
-
-
-@dataclass
-class Detection:
-    """Invariant samples of one classifier's class probability, and what they show."""
-
-    name: str  # "shortcut" or "control"
-    x: torch.Tensor  # (N, 1, 16, 16) all samples (clamped to [-1, 1])
-    converged: torch.Tensor  # (N,) bool: member of the invariant set at τ
-    marked: torch.Tensor  # (N,) bool: carries the marker
-    judged: torch.Tensor  # (N,) judge's class on the marker-blanked image
-    query_of: torch.Tensor  # (N,) which query each sample belongs to
-    loss: torch.Tensor  # (N,) final loss
-    seconds: float
-
-    @property
-    def hits(self) -> torch.Tensor:
-        """(N,) bool: a member that carries the marker while not depicting the shortcut class."""
-        return self.converged & self.marked & (self.judged != self.shortcut_class)
-
-    shortcut_class: int = 3
-
-    def summary(self, n_boot: int = 2000, seed: int = 0) -> dict:
-        members = self.converged.numpy()
-        h = self.hits.numpy()[members]
-        lo, hi = bootstrap_interval(h, n_boot, seed=seed)
-        return {
-            "n_samples": int(len(self.converged)),
-            "n_members": int(members.sum()),
-            "success_rate": float(members.mean()),
-            "marked_share": float(self.marked.numpy()[members].mean()) if members.any() else float("nan"),
-            "judged_class_share": float((self.judged.numpy()[members] == self.shortcut_class).mean())
-            if members.any() else float("nan"),
-            "share": float(h.mean()) if h.size else float("nan"),
-            "interval": [lo, hi],
-            "seconds": self.seconds,
-        }
-
-
-def detect(classifier, models: ShortcutModels, queries: torch.Tensor, *, name: str, n_samples: int = 32,
-           steps: int = 150, tau: float = 0.01, lr: float = 0.3, lowpass_cutoff: Optional[float] = 0.5,
-           ddim_steps: int = 10, seed: int = 0) -> Detection:
-    """Sample the invariant set of ``classifier``'s shortcut-class probability for each query.
-
-    Algorithm 1 as in the classifier chapter (Adam, |z_T| kept at its drawn size, dual loss with
-    the low-pass term) through a ``ddim_steps``-step DDIM chain over the world's prior; ``n_samples``
-    per query, seeds ``seed + i`` for query i. Each sample is then checked for the marker and
-    classified by the judge with the marker region blanked.
-    """
-    import time
-
-    from equidiff.core.priors import PixelDDIMPrior
-    from equidiff.core.invariants import InvariantConfig, find_invariants
-    from equidiff.core.objectives import class_probability
-
-    world = models.world
-    clf = getattr(classifier, "model", classifier)
-    objective = class_probability(clf, world.shortcut_class, name=f"the {name} classifier")
-    prior = PixelDDIMPrior(models.prior.model, models.prior.scheduler, num_steps=ddim_steps,
-                           checkpointing=False, clamp=True)
-    xs, conv, losses, qof = [], [], [], []
-    t0 = time.perf_counter()
-    for i in range(len(queries)):
-        cfg = InvariantConfig(n_samples=n_samples, steps=steps, tau=tau, optimizer="adam", lr=lr,
-                              lowpass_cutoff=lowpass_cutoff, keep_norm=True, seed=seed + i)
-        res = find_invariants(objective, queries[i : i + 1], prior, cfg)
-        xs.append(res.x.clamp(-1, 1))
-        conv.append(res.converged)
-        losses.append(res.loss)
-        qof.append(torch.full((n_samples,), i))
-    seconds = time.perf_counter() - t0
-    x = torch.cat(xs)
-    judged = _predict(models.judge, remove_marker(x, world.marker_size))
-    return Detection(name, x, torch.cat(conv), has_marker(x, world.marker_size), judged, torch.cat(qof),
-                     torch.cat(losses), seconds, shortcut_class=world.shortcut_class)
-
-
-def verdict(summaries: dict, shortcut_class: int = 3) -> str:
-    """One sentence on what the two invariant sets show, computed from their summaries
-    (``{"shortcut": Detection.summary(), "control": ...}``): do the 95 % intervals overlap?"""
-    s, c = summaries["shortcut"], summaries["control"]
-    head = (f"Planted-shortcut members: {s['share']:.0%} of the shortcut classifier's members "
-            f"[{s['interval'][0]:.0%}, {s['interval'][1]:.0%}] against {c['share']:.0%} of the control's "
-            f"[{c['interval'][0]:.0%}, {c['interval'][1]:.0%}]")
-    if s["interval"][0] > c["interval"][1]:
-        return head + ": the intervals do not overlap — the invariant sets expose the shortcut."
-    if c["interval"][0] > s["interval"][1]:
-        return head + ": the control shows more of them — the method did not find the shortcut in this run."
-    return head + ": the intervals overlap — this run cannot tell the two classifiers apart."
-
-
-def save_detections(detections: dict, path) -> None:
-    """Write every detection's samples and per-sample verdicts to one safetensors file
-    (``<name>.x``, ``.converged``, ``.marked``, ``.judged``, ``.query_of``, ``.loss``)."""
-    from safetensors.torch import save_file
-
-    tensors = {}
-    for name, d in detections.items():
-        for key in ("x", "converged", "marked", "judged", "query_of", "loss"):
-            tensors[f"{name}.{key}"] = getattr(d, key).detach().cpu().contiguous()
-    save_file(tensors, str(path))

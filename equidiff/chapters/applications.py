@@ -1,0 +1,168 @@
+"""The applications chapter: a planted shortcut found through invariant sets, and choosing members.
+
+The thesis motivates invariant sets with bias and shortcut ("Clever Hans") detection (Sections
+1.1, 2.6) but leaves its Applications chapter empty, and names the "lack of an algorithm to pick
+the most interesting members from the Invariant Set" as a limitation (Section 4.5.2). In the
+planted-shortcut variant of the digits world (:mod:`equidiff.worlds.digits.shortcut`, loaded as
+``world.part("shortcut", **plant)``) the right answer is known, so the method can be checked:
+
+* :func:`detect` — invariant sets of a classifier's shortcut-class probability for marked
+  queries of that class, each member checked for the marker and judged with the marker blanked;
+  :meth:`Detection.summary` — the share of members that carry the marker while not depicting
+  the class, with a bootstrap interval (:func:`equidiff.core.metrics.bootstrap_interval`);
+  :func:`verdict` — what the two invariant sets (shortcut vs control classifier) show;
+* :func:`circles_selection`, :func:`neuron_selection` — the member selection of
+  :mod:`equidiff.core.members` in the circles world and on a neuron of the neuron chapter.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from equidiff.chapters import circles as circles_chapter
+from equidiff.chapters import neurons as eqn
+from equidiff.core.invariants import InvariantConfig, find_invariants
+from equidiff.core.members import member_pool, select_members
+from equidiff.core.metrics import bootstrap_interval
+from equidiff.core.objectives import class_probability
+from equidiff.worlds import circles as toy
+from equidiff.worlds.digits.shortcut import ShortcutModels, has_marker, predict, remove_marker
+
+__all__ = ["Detection", "detect", "verdict", "save_detections", "circles_selection", "neuron_selection"]
+
+
+@dataclass
+class Detection:
+    """Invariant samples of one classifier's class probability, and what they show."""
+
+    name: str  # "shortcut" or "control"
+    x: torch.Tensor  # (N, 1, 16, 16) all samples (clamped to [-1, 1])
+    converged: torch.Tensor  # (N,) bool: member of the invariant set at τ
+    marked: torch.Tensor  # (N,) bool: carries the marker
+    judged: torch.Tensor  # (N,) judge's class on the marker-blanked image
+    query_of: torch.Tensor  # (N,) which query each sample belongs to
+    loss: torch.Tensor  # (N,) final loss
+    seconds: float
+
+    @property
+    def hits(self) -> torch.Tensor:
+        """(N,) bool: a member that carries the marker while not depicting the shortcut class."""
+        return self.converged & self.marked & (self.judged != self.shortcut_class)
+
+    shortcut_class: int = 3
+
+    def summary(self, n_boot: int = 2000, seed: int = 0) -> dict:
+        members = self.converged.numpy()
+        h = self.hits.numpy()[members]
+        lo, hi = bootstrap_interval(h, n_boot, seed=seed)
+        return {
+            "n_samples": int(len(self.converged)),
+            "n_members": int(members.sum()),
+            "success_rate": float(members.mean()),
+            "marked_share": float(self.marked.numpy()[members].mean()) if members.any() else float("nan"),
+            "judged_class_share": float((self.judged.numpy()[members] == self.shortcut_class).mean())
+            if members.any() else float("nan"),
+            "share": float(h.mean()) if h.size else float("nan"),
+            "interval": [lo, hi],
+            "seconds": self.seconds,
+        }
+
+
+def detect(classifier, models: ShortcutModels, queries: torch.Tensor, *, name: str, n_samples: int = 32,
+           steps: int = 150, tau: float = 0.01, optimizer: str = "adam", lr: float = 0.3,
+           lowpass_cutoff: Optional[float] = 0.5, ddim_steps: int = 10, seed: int = 0) -> Detection:
+    """Sample the invariant set of ``classifier``'s shortcut-class probability for each query.
+
+    Algorithm 1 as in the classifier chapter (``optimizer`` at ``lr``, |z_T| kept at its drawn
+    size, dual loss with the low-pass term) through a ``ddim_steps``-step DDIM chain over the
+    marked world's prior; ``n_samples`` per query, seeds ``seed + i`` for query i. Each sample is
+    then checked for the marker and classified by the judge with the marker region blanked.
+    """
+    plant = models.world
+    clf = getattr(classifier, "model", classifier)
+    objective = class_probability(clf, plant.shortcut_class, name=f"the {name} classifier")
+    prior = models.make_prior(ddim_steps)
+    xs, conv, losses, qof = [], [], [], []
+    t0 = time.perf_counter()
+    for i in range(len(queries)):
+        cfg = InvariantConfig(n_samples=n_samples, steps=steps, tau=tau, optimizer=optimizer, lr=lr,
+                              lowpass_cutoff=lowpass_cutoff, keep_norm=True, seed=seed + i)
+        res = find_invariants(objective, queries[i : i + 1], prior, cfg)
+        xs.append(res.x.clamp(-1, 1))
+        conv.append(res.converged)
+        losses.append(res.loss)
+        qof.append(torch.full((n_samples,), i))
+    seconds = time.perf_counter() - t0
+    x = torch.cat(xs)
+    judged = predict(models.judge, remove_marker(x, plant.marker_size))
+    return Detection(name, x, torch.cat(conv), has_marker(x, plant.marker_size), judged, torch.cat(qof),
+                     torch.cat(losses), seconds, shortcut_class=plant.shortcut_class)
+
+
+def verdict(summaries: dict, shortcut_class: int = 3) -> str:
+    """One sentence on what the two invariant sets show, computed from their summaries
+    (``{"shortcut": Detection.summary(), "control": ...}``): do the 95 % intervals overlap?"""
+    s, c = summaries["shortcut"], summaries["control"]
+    head = (f"Planted-shortcut members: {s['share']:.0%} of the shortcut classifier's members "
+            f"[{s['interval'][0]:.0%}, {s['interval'][1]:.0%}] against {c['share']:.0%} of the control's "
+            f"[{c['interval'][0]:.0%}, {c['interval'][1]:.0%}]")
+    if s["interval"][0] > c["interval"][1]:
+        return head + ": the intervals do not overlap — the invariant sets expose the shortcut."
+    if c["interval"][0] > s["interval"][1]:
+        return head + ": the control shows more of them — the method did not find the shortcut in this run."
+    return head + ": the intervals overlap — this run cannot tell the two classifiers apart."
+
+
+def save_detections(detections: dict, path) -> None:
+    """Write every detection's samples and per-sample verdicts to one safetensors file
+    (``<name>.x``, ``.converged``, ``.marked``, ``.judged``, ``.query_of``, ``.loss``)."""
+    tensors = {}
+    for name, d in detections.items():
+        for key in ("x", "converged", "marked", "judged", "query_of", "loss"):
+            tensors[f"{name}.{key}"] = getattr(d, key).detach().cpu().contiguous()
+    save_file(tensors, str(path))
+
+
+# --------------------------------------------------------------------------------------------
+# Member selection in the other chapters' settings
+# --------------------------------------------------------------------------------------------
+
+
+def circles_selection(query, k: int, novelty_weight: float = 0.5, n: int = 256, tau: float = 0.005,
+                      seed: int = 0) -> dict:
+    """The 2D chapter's setting: ``n`` invariant points of ``query`` under the circles MLP, and ``k``
+    of them chosen against the MLP's training points. Returns ``model``, ``points`` (n, 2),
+    ``train`` (M, 2) and ``selection`` (:class:`~equidiff.core.members.Selection`)."""
+    model, _ = toy.load_classifier()
+    cfg = toy.CirclesConfig()
+    train, _ = toy.circles_data(cfg.n_train, cfg.extent, cfg.seed)
+    points = np.asarray(circles_chapter.analyse_query(model, query, n=n, tau=tau, seed=seed)["points"])
+    return {"model": model, "points": points, "train": np.asarray(train),
+            "selection": select_members(points, np.asarray(train), min(k, len(points)), novelty_weight)}
+
+
+def neuron_selection(world, neuron: int, k: int, novelty_weight: float = 0.5, *, n_samples: int = 24,
+                     steps: int = 200, ddim_steps: int = 10, tau: float = 0.01, seed: int = 0) -> dict:
+    """The neuron chapter's setting: invariant samples of channel ``neuron`` of ``world.neuron_layer``
+    (:func:`equidiff.chapters.neurons.run_neuron`, its default L-BFGS) and ``k`` of them chosen
+    against the world's images (its training digits).
+
+    Returns ``x`` (the pool: members, or all samples when fewer than k converged), ``note`` (which),
+    ``selection``, ``rest`` (up to k pool members not selected), ``predicted`` (the classifier's class
+    per pool member) and ``n_members`` / ``n_samples``.
+    """
+    table = eqn.neuron_table(world)
+    run = eqn.run_neuron(world, table, neuron, n_samples=n_samples, steps=steps, ddim_steps=ddim_steps, tau=tau,
+                         seed=seed)
+    pool, note = member_pool(run.result.converged, k)
+    x = run.result.x[pool].clamp(-1, 1)
+    chosen = select_members(x, world.images, k, novelty_weight)
+    rest = [i for i in range(len(x)) if i not in chosen.indices][: len(chosen.indices)]
+    return {"x": x, "note": note, "selection": chosen, "rest": rest, "predicted": run.predicted[pool],
+            "n_members": int(run.result.converged.sum()), "n_samples": int(run.result.converged.numel())}

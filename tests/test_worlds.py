@@ -1,0 +1,102 @@
+"""The digits worlds of the registry (``cpu`` / ``smoke``): what a chapter gets, and the parameters it refuses.
+
+Runs on the ``smoke`` world (the ``*-tiny`` presets) in a temporary cache: a few seconds.
+"""
+
+import inspect
+
+import pytest
+import torch
+
+from equidiff.core.metrics import FIDResult
+from equidiff.core.priors import PixelDDIMPrior
+from equidiff.worlds import load_world, world_names
+from equidiff.worlds.digits import world as digits_world
+from equidiff.worlds.digits.data import load_digits16
+from equidiff.worlds.digits.models import ZooModel
+from equidiff.worlds.imagenet.world import paper_world
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    root = tmp_path_factory.mktemp("world-cache")
+    return load_world("smoke", cache_dir=root), root
+
+
+def _n_params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_the_registry_names_the_digits_worlds():
+    assert {"cpu", "smoke", "paper"} <= set(world_names())
+
+
+def test_smoke_world_has_tiny_models_and_the_digits(smoke):
+    world, root = smoke
+    assert world.name == "smoke" and world.params == {"cache_dir": root}
+    # tiny presets: 11,470 and 44,969 parameters (the cpu world's classifier has 310,226, its DDPM 636,465)
+    assert _n_params(world.classifier) < 30_000
+    zoo = world.part("zoo")
+    assert isinstance(zoo["ddpm"], ZooModel) and zoo["ddpm"].name == "digits-ddpm-tiny"
+    assert _n_params(zoo["ddpm"].model) < 100_000
+    assert zoo["classifier"].path.parent == root  # cache_dir is passed through
+    assert world.judge is world.classifier
+    x, y = load_digits16("train")
+    xt, yt = load_digits16("test")
+    assert torch.equal(world.images, x) and torch.equal(world.labels, y)
+    assert torch.equal(world.test_images, xt) and torch.equal(world.test_labels, yt)
+    assert world.has("labels") and world.has("test_images") and world.has("judge") and world.has("fid")
+    assert world.class_names == [str(d) for d in range(10)]
+    assert world.record == {"world": "smoke", "presets": digits_world.PRESETS["smoke"]}
+    # the neuron layer exists in the classifier and is the last stage's activation
+    assert dict(world.classifier.named_modules())[world.neuron_layer] is world.classifier.layer4[0].act2
+
+
+def test_smoke_prior_decodes_seeded_noise_and_fid_is_a_result(smoke):
+    world, _ = smoke
+    prior = world.make_prior(3)
+    assert isinstance(prior, PixelDDIMPrior)
+    with torch.no_grad():
+        z = prior.sample_latents(4, torch.Generator().manual_seed(0))
+        x = prior(z)
+        again = prior(prior.sample_latents(4, torch.Generator().manual_seed(0)))
+    assert x.shape == (4, 1, 16, 16) and torch.isfinite(x).all() and torch.equal(x, again)
+    result = world.fid(x, world.test_images[:8], "smoke test")
+    assert isinstance(result, FIDResult)
+    assert result.computed and result.reason is None and result.figure == "smoke test"
+    assert result.n_samples == 4 and result.n_reference == 8
+    assert result.value >= 0 and torch.isfinite(torch.tensor(result.value))
+
+
+def test_the_vit_part_is_the_tiny_preset(smoke):
+    world, root = smoke
+    vit = world.part("vit")
+    assert vit.name == "digits-vit-tiny" and vit.path.parent == root
+    assert world.part("vit") is vit  # loaded once
+
+
+@pytest.mark.parametrize("name", ["paper_config", "query_images", "batch_size", "bf16", "device", "ddim_steps"])
+def test_paper_only_parameters_are_refused_by_name_unless_none(name, smoke):
+    _, root = smoke
+    assert load_world("smoke", cache_dir=root, **{name: None}).name == "smoke"  # notebooks pass them all
+    with pytest.raises(ValueError, match=rf"^{name} is a parameter of the 'paper' world only; for the 'smoke' "
+                                         rf"world leave it None.*got 7$"):
+        load_world("smoke", cache_dir=root, **{name: 7})
+
+
+def test_unknown_and_bad_parameters_are_refused_by_name(tmp_path):
+    with pytest.raises(ValueError, match=r"^preset is not a parameter of the 'cpu' world, got preset='big'; "
+                                         r"it takes cache_dir and progress"):
+        load_world("cpu", preset="big")
+    with pytest.raises(ValueError, match=r"progress must be True or False, got 'yes'"):
+        load_world("smoke", cache_dir=tmp_path, progress="yes")
+    with pytest.raises(ValueError, match=r"cache_dir must be None or a folder path .*got 3"):
+        load_world("smoke", cache_dir=3)
+    with pytest.raises(ValueError, match=r"profile must be one of \(.*'smoke'.*\), got 'laptop'"):
+        load_world("laptop")
+    assert list(tmp_path.iterdir()) == []  # refused before anything was trained
+
+
+def test_paper_only_names_are_the_paper_worlds_parameters():
+    named = {n for n, p in inspect.signature(paper_world).parameters.items() if p.kind is not p.VAR_KEYWORD}
+    assert set(digits_world.PAPER_ONLY) == named
