@@ -135,6 +135,65 @@ def test_resume_after_interruption_gives_same_result(tmp_path):
         find_invariants(obj, q, None, other)
 
 
+def _checkpointed(tmp_path, obj, q, prior=None):
+    """A checkpoint of an interrupted run of ``obj`` on ``q`` (written after step 4) and its config."""
+    cfg = InvariantConfig(n_samples=4, steps=30, tau=1e-9, lr=0.05, seed=1,
+                          checkpoint_path=str(tmp_path / "run.ckpt"), checkpoint_every=5)
+    for s in iterate_invariants(obj, q, prior, cfg):
+        if s.step == 6:
+            break
+    assert os.path.exists(cfg.checkpoint_path)
+    return cfg
+
+
+def test_checkpoint_of_another_query_objective_model_or_prior_is_refused(tmp_path):
+    """Issue 18: a checkpoint records which run it belongs to; another query (the bug: it returned the
+    first query's members as converged), objective, model, prior or start is refused, naming the
+    checkpoint_path and what differs, and the same run still resumes."""
+    obj, q = _setup()
+    cfg = _checkpointed(tmp_path, obj, q)
+    ck = cfg.checkpoint_path
+    model = obj.model
+    torch.manual_seed(1)
+    retrained = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 2))  # same class and shapes, other weights
+    cases = [
+        ("another query", dict(objective=obj, query=q + 0.5), r"differs in query \(sha256 [0-9a-f]{12}… in the file"),
+        ("another objective", dict(objective=O.probabilities(model, "mlp"), query=q),
+         r"differs in objective \('logits of mlp' in the file, 'class probabilities of mlp' now\)"),
+        ("another model", dict(objective=O.logits(retrained, "mlp"), query=q),
+         r"differs in model \(Sequential [0-9a-f]{8} in the file, Sequential [0-9a-f]{8} now\)"),
+        ("another prior", dict(objective=obj, query=q, prior=IdentityPrior((4,), scale=2.0)),
+         r"differs in prior: settings \(\{.*'scale': 1\.0.*\} in the file, \{.*'scale': 2\.0.*\} now\)"),
+        ("another start", dict(objective=obj, query=q, z_init=torch.zeros(4, 4)), r"differs in z_init"),
+        ("another target", dict(objective=obj, query=q, target=torch.zeros(1, 2)), r"differs in target y\* = L\(x\*\)"),
+    ]
+    for what, kw, msg in cases:
+        with pytest.raises(ValueError, match=r"checkpoint_path '.*run\.ckpt' belongs to another run, not resumed: it "
+                                             + msg) as e:
+            find_invariants(kw.pop("objective"), kw.pop("query"), kw.pop("prior", None), cfg, **kw)
+        assert "delete the file" in str(e.value), what
+    full = find_invariants(obj, q, None, InvariantConfig(n_samples=4, steps=30, tau=1e-9, lr=0.05, seed=1))
+    assert torch.equal(find_invariants(obj, q, None, cfg).z, full.z)  # the same run resumes, bitwise
+    state = torch.load(ck, weights_only=True)
+    del state["identity"]  # a checkpoint of an older equidiff: nothing to check it against
+    torch.save(state, ck)
+    with pytest.raises(ValueError, match=r"checkpoint_path '.*run\.ckpt' was written by an older equidiff"):
+        find_invariants(obj, q, None, cfg)
+
+
+def test_checkpoint_of_the_circles_model_is_not_resumed_for_another_query(tmp_path):
+    """The reproduction of issue 18 on a circles MLP (untrained here: the weights do not matter): query
+    (0.7, −0.6) with checkpoint_path P, then (−1.3, 0.6) with the same P must not return the first
+    query's members."""
+    from equidiff.worlds.circles import CircleMLP
+
+    torch.manual_seed(0)
+    obj = O.logits(CircleMLP(8).eval().requires_grad_(False))
+    cfg = _checkpointed(tmp_path, obj, torch.tensor([[0.7, -0.6]]))
+    with pytest.raises(ValueError, match=r"run\.ckpt' belongs to another run, not resumed: it differs in query"):
+        find_invariants(obj, torch.tensor([[-1.3, 0.6]]), None, cfg)
+
+
 def test_killed_process_resumes(tmp_path):
     """SIGKILL a real process mid-run; a second process resumes to the uninterrupted result."""
     ck = tmp_path / "run.ckpt"

@@ -19,6 +19,7 @@ pixel baselines and the guidance baseline alike.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import time
 from dataclasses import dataclass
@@ -66,7 +67,7 @@ class InvariantConfig:
     repulsion_scale: float = 0.1  # > 0: length scale of that repulsion, in units of x
     seed: int = 0  # seed of the torch.Generator that draws z_T
     progress: bool = False  # show a tqdm progress bar
-    checkpoint_path: Optional[str] = None  # file to write resumable state to (and resume from)
+    checkpoint_path: Optional[str] = None  # file to write resumable state to (and resume from; only by the same run: query, objective, model, prior and settings are recorded and checked)
     checkpoint_every: int = 0  # write the checkpoint every k steps (0: never)
 
     def __post_init__(self):
@@ -264,13 +265,123 @@ def _repulsion(x_active: torch.Tensor, x_all: torch.Tensor, idx: torch.Tensor, s
     return k.sum()
 
 
-def _save_checkpoint(ckpt, cfg, step, z, z_init, opt, active, converged, steps_to, loss, x, m, history, since, restarts):
-    """Write the resumable state after step ``step`` every ``checkpoint_every`` steps."""
+def _tensor_sha(t: torch.Tensor) -> str:
+    """sha256 of a tensor's dtype, shape and bytes (on the CPU): equal exactly when the tensors are."""
+    t = t.detach().cpu().contiguous().reshape(-1)
+    h = hashlib.sha256(f"{t.dtype}:{tuple(t.shape)}:".encode())
+    h.update(t.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _module_identity(module: torch.nn.Module) -> dict:
+    """A module's class and a cheap fingerprint of its weights: the names, shapes and dtypes of its
+    whole state dict and the bytes of up to 8 of its tensors (first, last and evenly between), so
+    another architecture or another training of the same one has another fingerprint."""
+    items = list(module.state_dict().items())
+    h = hashlib.sha256()
+    for k, v in items:
+        h.update(f"{k}:{tuple(v.shape)}:{v.dtype};".encode())
+    for i in sorted({round(j * (len(items) - 1) / 7) for j in range(8)} if items else ()):
+        h.update(_tensor_sha(items[i][1]).encode())
+    return {"class": type(module).__name__, "weights": h.hexdigest()[:16]}
+
+
+def _prior_identity(prior) -> dict:
+    """The prior's class, its plain settings (e.g. ``num_steps``, ``clamp``, ``shape``) and the
+    fingerprints of the networks it holds (a DDPM's UNet, a DiT and its VAE)."""
+    out: dict = {"class": type(prior).__name__}
+    if isinstance(prior, torch.nn.Module):
+        out["modules"] = {"self": _module_identity(prior)}
+        return out
+    settings, modules = {}, {}
+    for k, v in sorted(vars(prior).items()):
+        if k.startswith("_") or k == "checkpointing":  # checkpointing changes memory, not results
+            continue
+        if isinstance(v, torch.nn.Module):
+            modules[k] = _module_identity(v)
+        elif isinstance(v, (bool, int, float, str, type(None))):
+            settings[k] = v
+        elif isinstance(v, (tuple, list)) and all(isinstance(e, (bool, int, float, str)) for e in v):
+            settings[k] = list(v)
+    out["settings"], out["modules"] = settings, modules
+    return out
+
+
+def _run_identity(cfg, objective, prior, query, tgt, z_init, sample_offset, filter) -> dict:
+    """What a checkpoint belongs to: the settings, the objective (description and the model it reads),
+    the prior, the query, the target y* (its hash; the tensor is stored beside it), the starting
+    latents and the sample offset. Only a run equal in all of them may resume the checkpoint."""
+    model = objective if isinstance(objective, torch.nn.Module) else getattr(objective, "model", None)
+    return {
+        "config": cfg._identity(),
+        "objective": getattr(objective, "description", getattr(objective, "__name__", type(objective).__name__)),
+        "model": _module_identity(model) if isinstance(model, torch.nn.Module) else None,
+        "prior": _prior_identity(prior),
+        "query": _tensor_sha(query),
+        "target": _tensor_sha(tgt),
+        "z_init": _tensor_sha(z_init),
+        "sample_offset": int(sample_offset),
+        "filter": None if filter is None else getattr(filter, "__qualname__", type(filter).__name__),
+    }
+
+
+def _short(v) -> str:
+    if isinstance(v, dict) and "class" in v and "weights" in v:
+        return f"{v['class']} {v['weights'][:8]}"
+    if isinstance(v, str) and len(v) == 64:
+        return f"sha256 {v[:12]}…"
+    return repr(v)
+
+
+def _check_resumable(ckpt: str, state: dict, identity: dict, tgt: torch.Tensor) -> None:
+    """Refuse (ValueError naming ``checkpoint_path`` and what differs) to resume another run's checkpoint."""
+    if "identity" not in state:
+        raise ValueError(
+            f"checkpoint_path {ckpt!r} was written by an older equidiff that did not record which query, "
+            "objective, model and prior it belongs to; it cannot be checked, so it is not resumed: "
+            "delete the file (or use another path) to start over"
+        )
+    old = state["identity"]
+    if old["config"] != identity["config"]:
+        diff = sorted(k for k in old["config"] if old["config"][k] != identity["config"].get(k))
+        raise ValueError(
+            f"checkpoint_path {ckpt!r} was written with other settings (differs in {diff}); "
+            "use another path or delete the file"
+        )
+    diffs = []
+    for k in ("objective", "model", "prior", "query", "target", "z_init", "sample_offset", "filter"):
+        if k == "target":
+            # y* is recomputed from the query: compared with a tolerance, so a last-bit difference of
+            # a non-deterministic kernel does not refuse a genuine resume
+            old_t = state["target"]
+            same = old_t.shape == tgt.shape and torch.allclose(old_t, tgt.detach().cpu().to(old_t.dtype),
+                                                               rtol=1e-5, atol=1e-6)
+            if not same:
+                diffs.append(f"target y* = L(x*) ({_short(old[k])} in the file, {_short(identity[k])} now)")
+        elif k == "prior" and old[k] != identity[k]:
+            parts = [f"{p} ({_short(old[k].get(p))} in the file, {_short(identity[k].get(p))} now)"
+                     for p in ("class", "settings", "modules") if old[k].get(p) != identity[k].get(p)]
+            diffs.append("prior: " + "; ".join(parts))
+        elif k != "prior" and old[k] != identity[k]:
+            diffs.append(f"{k} ({_short(old[k])} in the file, {_short(identity[k])} now)")
+    if diffs:
+        raise ValueError(
+            f"checkpoint_path {ckpt!r} belongs to another run, not resumed: it differs in "
+            + "; ".join(diffs) + ". Use another checkpoint_path for this run, or delete the file to start over"
+        )
+
+
+def _save_checkpoint(ckpt, cfg, step, z, z_init, opt, active, converged, steps_to, loss, x, m, history, since, restarts,
+                     identity=None, target=None):
+    """Write the resumable state after step ``step`` every ``checkpoint_every`` steps, with the
+    identity of the run it belongs to (:func:`_run_identity`) and the target y*."""
     if not (ckpt and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0):
         return
     tmp = ckpt + ".tmp"
     torch.save(
         {
+            "identity": identity,
+            "target": target,
             "config": cfg._identity(),
             "z": z.detach(),
             "z_init": z_init,
@@ -331,6 +442,7 @@ def iterate_invariants(
         raise _bad("sample_offset", sample_offset, "an integer ≥ 0 (the global index of the first sample)")
     if prior is None:
         prior = IdentityPrior(query.shape[1:])
+    given_filter = filter  # a caller's filter is part of the run's identity; the default one is the config's
     if filter is None and cfg.lowpass_cutoff is not None:
         cutoff = cfg.lowpass_cutoff
         filter = lambda x: lowpass(x, cutoff)  # noqa: E731
@@ -372,14 +484,13 @@ def iterate_invariants(
     start = 0
 
     ckpt = cfg.checkpoint_path
+    identity = tgt_cpu = None
+    if ckpt:
+        identity = _run_identity(cfg, objective, prior, query, tgt, z_init, sample_offset, given_filter)
+        tgt_cpu = tgt.detach().cpu()
     if ckpt and os.path.exists(ckpt):
         state = torch.load(ckpt, weights_only=True)
-        if state["config"] != cfg._identity():
-            diff = sorted(k for k in state["config"] if state["config"][k] != cfg._identity().get(k))
-            raise ValueError(
-                f"checkpoint_path {ckpt!r} was written with other settings (differs in {diff}); "
-                "use another path or delete the file"
-            )
+        _check_resumable(ckpt, state, identity, tgt)
         with torch.no_grad():
             z.copy_(state["z"])
         z_init = state["z_init"]
@@ -486,7 +597,7 @@ def iterate_invariants(
                 since[hopeless] = 0
 
         _save_checkpoint(ckpt, cfg, step, z, z_init, opt, active, converged, steps_to, loss_all, x_all, m_all, history,
-                         since, restarts)
+                         since, restarts, identity, tgt_cpu)
 
     if bar is not None:
         bar.close()
