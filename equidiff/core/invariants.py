@@ -19,8 +19,6 @@ pixel baselines and the guidance baseline alike.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import os
 import time
 from dataclasses import dataclass
 from typing import Callable, Generator, Optional
@@ -30,8 +28,11 @@ import torch
 from equidiff._validate import bad as _bad, is_int as _is_int, is_num as _is_num
 from equidiff.core.filters import lowpass
 from equidiff.core.lbfgs import BatchedLBFGS
-from equidiff.core.objectives import Objective, expected_input
+from equidiff.core.checks import (check_measurements, check_query, check_samples, check_target, measure_query,
+                                  objective_model)
+from equidiff.core.objectives import Objective
 from equidiff.core.priors import IdentityPrior
+from equidiff.core.resume import load_checkpoint, run_identity, save_checkpoint
 
 __all__ = [
     "InvariantConfig",
@@ -265,156 +266,6 @@ def _repulsion(x_active: torch.Tensor, x_all: torch.Tensor, idx: torch.Tensor, s
     return k.sum()
 
 
-def _tensor_sha(t: torch.Tensor) -> str:
-    """sha256 of a tensor's dtype, shape and bytes (on the CPU): equal exactly when the tensors are."""
-    t = t.detach().cpu().contiguous().reshape(-1)
-    h = hashlib.sha256(f"{t.dtype}:{tuple(t.shape)}:".encode())
-    h.update(t.view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-def _module_identity(module: torch.nn.Module) -> dict:
-    """A module's class and a cheap fingerprint of its weights: the names, shapes and dtypes of its
-    whole state dict and the bytes of up to 8 of its tensors (first, last and evenly between), so
-    another architecture or another training of the same one has another fingerprint."""
-    items = list(module.state_dict().items())
-    h = hashlib.sha256()
-    for k, v in items:
-        h.update(f"{k}:{tuple(v.shape)}:{v.dtype};".encode())
-    for i in sorted({round(j * (len(items) - 1) / 7) for j in range(8)} if items else ()):
-        h.update(_tensor_sha(items[i][1]).encode())
-    return {"class": type(module).__name__, "weights": h.hexdigest()[:16]}
-
-
-def _prior_identity(prior) -> dict:
-    """The prior's class, its plain settings (e.g. ``num_steps``, ``clamp``, ``shape``) and the
-    fingerprints of the networks it holds (a DDPM's UNet, a DiT and its VAE)."""
-    out: dict = {"class": type(prior).__name__}
-    if isinstance(prior, torch.nn.Module):
-        out["modules"] = {"self": _module_identity(prior)}
-        return out
-    settings, modules = {}, {}
-    for k, v in sorted(vars(prior).items()):
-        if k.startswith("_") or k == "checkpointing":  # checkpointing changes memory, not results
-            continue
-        if isinstance(v, torch.nn.Module):
-            modules[k] = _module_identity(v)
-        elif isinstance(v, (bool, int, float, str, type(None))):
-            settings[k] = v
-        elif isinstance(v, (tuple, list)) and all(isinstance(e, (bool, int, float, str)) for e in v):
-            settings[k] = list(v)
-    out["settings"], out["modules"] = settings, modules
-    return out
-
-
-def _run_identity(cfg, objective, prior, query, tgt, z_init, sample_offset, filter) -> dict:
-    """What a checkpoint belongs to: the settings, the objective (description and the model it reads),
-    the prior, the query, the target y* (its hash; the tensor is stored beside it), the starting
-    latents and the sample offset. Only a run equal in all of them may resume the checkpoint."""
-    model = objective if isinstance(objective, torch.nn.Module) else getattr(objective, "model", None)
-    return {
-        "config": cfg._identity(),
-        "objective": getattr(objective, "description", getattr(objective, "__name__", type(objective).__name__)),
-        "model": _module_identity(model) if isinstance(model, torch.nn.Module) else None,
-        "prior": _prior_identity(prior),
-        "query": _tensor_sha(query),
-        "target": _tensor_sha(tgt),
-        "z_init": _tensor_sha(z_init),
-        "sample_offset": int(sample_offset),
-        "filter": None if filter is None else getattr(filter, "__qualname__", type(filter).__name__),
-    }
-
-
-def _short(v) -> str:
-    if isinstance(v, dict) and "class" in v and "weights" in v:
-        return f"{v['class']} {v['weights'][:8]}"
-    if isinstance(v, str) and len(v) == 64:
-        return f"sha256 {v[:12]}…"
-    return repr(v)
-
-
-def _check_resumable(ckpt: str, state: dict, identity: dict, tgt: torch.Tensor) -> None:
-    """Refuse (ValueError naming ``checkpoint_path`` and what differs) to resume another run's checkpoint."""
-    if "identity" not in state:
-        raise ValueError(
-            f"checkpoint_path {ckpt!r} was written by an older equidiff that did not record which query, "
-            "objective, model and prior it belongs to; it cannot be checked, so it is not resumed: "
-            "delete the file (or use another path) to start over"
-        )
-    old = state["identity"]
-    if old["config"] != identity["config"]:
-        diff = sorted(k for k in old["config"] if old["config"][k] != identity["config"].get(k))
-        raise ValueError(
-            f"checkpoint_path {ckpt!r} was written with other settings (differs in {diff}); "
-            "use another path or delete the file"
-        )
-    diffs = []
-    for k in ("objective", "model", "prior", "query", "target", "z_init", "sample_offset", "filter"):
-        if k == "target":
-            # y* is recomputed from the query: compared with a tolerance, so a last-bit difference of
-            # a non-deterministic kernel does not refuse a genuine resume
-            old_t = state["target"]
-            same = old_t.shape == tgt.shape and torch.allclose(old_t, tgt.detach().cpu().to(old_t.dtype),
-                                                               rtol=1e-5, atol=1e-6)
-            if not same:
-                diffs.append(f"target y* = L(x*) ({_short(old[k])} in the file, {_short(identity[k])} now)")
-        elif k == "prior" and old[k] != identity[k]:
-            parts = [f"{p} ({_short(old[k].get(p))} in the file, {_short(identity[k].get(p))} now)"
-                     for p in ("class", "settings", "modules") if old[k].get(p) != identity[k].get(p)]
-            diffs.append("prior: " + "; ".join(parts))
-        elif k != "prior" and old[k] != identity[k]:
-            diffs.append(f"{k} ({_short(old[k])} in the file, {_short(identity[k])} now)")
-    if diffs:
-        raise ValueError(
-            f"checkpoint_path {ckpt!r} belongs to another run, not resumed: it differs in "
-            + "; ".join(diffs) + ". Use another checkpoint_path for this run, or delete the file to start over"
-        )
-
-
-def _save_checkpoint(ckpt, cfg, step, z, z_init, opt, active, converged, steps_to, loss, x, m, history, since, restarts,
-                     identity=None, target=None):
-    """Write the resumable state after step ``step`` every ``checkpoint_every`` steps, with the
-    identity of the run it belongs to (:func:`_run_identity`) and the target y*."""
-    if not (ckpt and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0):
-        return
-    tmp = ckpt + ".tmp"
-    torch.save(
-        {
-            "identity": identity,
-            "target": target,
-            "config": cfg._identity(),
-            "z": z.detach(),
-            "z_init": z_init,
-            "optimizer": opt.state_dict(),
-            "active": active,
-            "converged": converged,
-            "steps_to": steps_to,
-            "loss": loss,
-            "x": x,
-            "m": m,
-            "history": history,
-            "since": since,
-            "restarts": restarts,
-            "next_step": step + 1,
-        },
-        tmp,
-    )
-    os.replace(tmp, ckpt)  # atomic: a kill mid-write never leaves a broken checkpoint
-
-
-def _measure_query(objective, query: torch.Tensor) -> torch.Tensor:
-    """L(x*), or a ValueError naming ``query`` when it does not fit the objective's model."""
-    try:
-        return objective(query)
-    except RuntimeError as e:  # e.g. "mat1 and mat2 shapes cannot be multiplied" for a wrong width
-        wants = expected_input(getattr(objective, "model", None))
-        hint = f" (its model's first layer takes {wants})" if wants else ""
-        raise ValueError(
-            f"query of shape {tuple(query.shape)} does not fit the objective "
-            f"{getattr(objective, 'description', type(objective).__name__)!r}{hint}: {e}"
-        ) from e
-
-
 def iterate_invariants(
     objective: Objective | Callable[[torch.Tensor], torch.Tensor],
     query: torch.Tensor,
@@ -435,9 +286,7 @@ def iterate_invariants(
     cfg = config or InvariantConfig()
     if not isinstance(cfg, InvariantConfig):
         raise TypeError(f"config must be an InvariantConfig, got {type(cfg).__name__}")
-    if not isinstance(query, torch.Tensor) or query.dim() < 2 or query.shape[0] != 1:
-        shape = tuple(query.shape) if isinstance(query, torch.Tensor) else type(query).__name__
-        raise ValueError(f"query must be one input with a batch dimension, shape (1, ...), got {shape}")
+    check_query(objective, query, prior)  # form, dtype, device, prior: before anything runs (core/checks.py)
     if not _is_int(sample_offset) or sample_offset < 0:
         raise _bad("sample_offset", sample_offset, "an integer ≥ 0 (the global index of the first sample)")
     if prior is None:
@@ -449,7 +298,7 @@ def iterate_invariants(
 
     # Algorithm 1, line 2: store the target invariant value y* = L(x*).
     with torch.no_grad():
-        tgt = _measure_query(objective, query) if target is None else target
+        tgt = measure_query(objective, query) if target is None else check_target(target)
     tgt = tgt.detach().reshape(1, -1)  # (1, m)
     if cfg.optimizer == "newton" and tgt.shape[1] != 1:
         raise ValueError(
@@ -486,11 +335,10 @@ def iterate_invariants(
     ckpt = cfg.checkpoint_path
     identity = tgt_cpu = None
     if ckpt:
-        identity = _run_identity(cfg, objective, prior, query, tgt, z_init, sample_offset, given_filter)
+        identity = run_identity(cfg, objective, prior, query, tgt, z_init, sample_offset, given_filter)
         tgt_cpu = tgt.detach().cpu()
-    if ckpt and os.path.exists(ckpt):
-        state = torch.load(ckpt, weights_only=True)
-        _check_resumable(ckpt, state, identity, tgt)
+    state = load_checkpoint(ckpt, identity, tgt) if ckpt else None
+    if state is not None:
         with torch.no_grad():
             z.copy_(state["z"])
         z_init = state["z_init"]
@@ -516,8 +364,12 @@ def iterate_invariants(
         idx = active.nonzero().squeeze(1)  # samples still being optimised
         # Lines 9-14: reset to z_T and run the (checkpointed) deterministic sampler; decode.
         x = prior(z[idx])  # (A, ...)
+        if step == start:  # before the first optimiser step: samples of the query's kind, measured as (A, m)
+            check_samples(x, query, prior, objective_model(objective))
         # Lines 15-20: dual (unfiltered + filtered) loss with step size λ.
         meas = objective(x)  # (A, m)
+        if step == start:
+            check_measurements(meas, tgt, len(idx), target is not None)
         loss = invariant_loss(objective, x, tgt, reduction=cfg.reduction, filter=filter, measurements=meas)
         total = cfg.step_size * loss  # (A,)
         bad = ~torch.isfinite(total.detach())
@@ -596,8 +448,8 @@ def iterate_invariants(
                 _restart(z, z_init, init_norm, opt, prior, cfg, hopeless, restarts, sample_offset)
                 since[hopeless] = 0
 
-        _save_checkpoint(ckpt, cfg, step, z, z_init, opt, active, converged, steps_to, loss_all, x_all, m_all, history,
-                         since, restarts, identity, tgt_cpu)
+        save_checkpoint(ckpt, cfg, step, z, z_init, opt, active, converged, steps_to, loss_all, x_all, m_all, history,
+                        since, restarts, identity, tgt_cpu)
 
     if bar is not None:
         bar.close()
