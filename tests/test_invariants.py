@@ -16,7 +16,7 @@ from equidiff.core.priors import IdentityPrior
 
 def _setup():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 2))
+    model = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 2)).eval()  # objectives refuse train mode
     for p in model.parameters():
         p.requires_grad_(False)
     query = torch.randn(1, 4)
@@ -97,12 +97,13 @@ def test_newton_converges_in_few_steps_on_scalar_objective():
 
 def test_lowpass_term_is_added():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 1))
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 1)).eval()
     obj = O.logits(model)
     q = torch.randn(1, 1, 8, 8)
     z0 = torch.randn(2, 1, 8, 8)
-    plain = find_invariants(obj, q, None, InvariantConfig(n_samples=2, steps=0), z_init=z0)
-    dual = find_invariants(obj, q, None, InvariantConfig(n_samples=2, steps=0, lowpass_cutoff=0.5), z_init=z0)
+    pixels = IdentityPrior((1, 8, 8))  # an image model takes no prior=None (no silent noise images)
+    plain = find_invariants(obj, q, pixels, InvariantConfig(n_samples=2, steps=0), z_init=z0)
+    dual = find_invariants(obj, q, pixels, InvariantConfig(n_samples=2, steps=0, lowpass_cutoff=0.5), z_init=z0)
     extra = ((obj(lowpass(z0, 0.5)) - obj(q)) ** 2).sum(1)
     assert torch.allclose(dual.loss, plain.loss + extra, atol=1e-5)
 
@@ -155,7 +156,7 @@ def test_checkpoint_of_another_query_objective_model_or_prior_is_refused(tmp_pat
     ck = cfg.checkpoint_path
     model = obj.model
     torch.manual_seed(1)
-    retrained = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 2))  # same class and shapes, other weights
+    retrained = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 2)).eval()  # same class and shapes, other weights
     cases = [
         ("another query", dict(objective=obj, query=q + 0.5), r"differs in query \(sha256 [0-9a-f]{12}… in the file"),
         ("another objective", dict(objective=O.probabilities(model, "mlp"), query=q),
@@ -203,7 +204,7 @@ def test_killed_process_resumes(tmp_path):
         from equidiff.core import objectives as O
         from equidiff.core.invariants import InvariantConfig, find_invariants, iterate_invariants
         torch.manual_seed(0)
-        model = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 2))
+        model = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 2)).eval()
         obj, q = O.logits(model), torch.randn(1, 4)
         cfg = InvariantConfig(n_samples=8, steps=80, tau=1e-6, lr=0.05, seed=4,
                               checkpoint_path={str(ck)!r}, checkpoint_every=5)

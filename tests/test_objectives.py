@@ -7,7 +7,7 @@ from equidiff.core import objectives as O
 
 def _model():
     torch.manual_seed(0)
-    return nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    return nn.Sequential(nn.Flatten(), nn.Linear(16, 3)).eval()  # objectives refuse a model in train mode
 
 
 def test_shapes_and_descriptions():
@@ -41,7 +41,7 @@ def test_bad_inputs_have_clear_messages():
     m = _model()
     with pytest.raises(ValueError, match=r"index must be a non-negative integer, got -1"):
         O.class_logit(m, -1)
-    with pytest.raises(ValueError, match=r"index must be in \[0, 2\] for this model, got 7"):
+    with pytest.raises(ValueError, match=r"index must be in \[0, 2\] \(this model has 3 outputs\), got 7"):
         O.class_probability(m, 7)(torch.randn(1, 1, 4, 4))
     with pytest.raises(ValueError, match=r"shape \(B, \.\.\.\), got shape \(16,\)"):
         O.logits(m)(torch.randn(16))
@@ -82,7 +82,7 @@ def test_neuron_map_reads_one_channel_and_removes_its_hook():
 
 
 def test_factories_keep_their_model_and_name_its_input():
-    mlp = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+    mlp = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).eval()
     conv = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten())
     assert O.logits(mlp).model is mlp and O.class_logit(mlp, 1).model is mlp
     assert (2 * O.probabilities(mlp)).model is mlp  # weighting keeps it

@@ -30,6 +30,7 @@ __all__ = [
     "neuron_map",
     "resolve_module",
     "expected_input",
+    "check_eval_mode",
 ]
 
 
@@ -45,10 +46,17 @@ class Objective:
     model:
         The network the objective reads, when there is one (the factories set it): error
         messages name the input it expects (:func:`expected_input`).
+    others:
+        Further networks the objective runs (an SAE on the model's activations).
+
+    An objective only *evaluates* its networks: ``model`` and ``others`` must be in eval mode
+    (:func:`check_eval_mode`), checked when the objective is built and at every call, before the
+    forward pass — a network in training mode would be measured wrongly and changed (BatchNorm
+    normalises with the batch and overwrites its running statistics; dropout drops units).
     """
 
     def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], description: str,
-                 model: nn.Module | None = None):
+                 model: nn.Module | None = None, others: tuple = ()):
         if not callable(fn):
             raise TypeError(f"fn must be callable, got {type(fn).__name__}")
         if not isinstance(description, str) or not description.strip():
@@ -56,6 +64,13 @@ class Objective:
         self._fn = fn
         self.description = description
         self.model = model
+        self.others = tuple(others)
+        self._check_eval()
+
+    def _check_eval(self) -> None:
+        for i, net in enumerate((self.model, *self.others)):
+            check_eval_mode(net, f"the {'model' if i == 0 else 'network'} {type(net).__name__} of objective "
+                                 f"{self.description!r}")
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor):
@@ -64,6 +79,7 @@ class Objective:
             raise ValueError(
                 f"objective input must be a batch with shape (B, ...), got shape {tuple(x.shape)}"
             )
+        self._check_eval()  # before the forward pass: a model in train mode is refused, never changed
         out = self._fn(x)
         return out.reshape(out.shape[0], -1)  # (B, m)
 
@@ -72,7 +88,7 @@ class Objective:
 
     def __mul__(self, weight: float) -> "Objective":
         weight = float(weight)
-        return Objective(lambda x: weight * self(x), f"{weight:g} × {self.description}", self.model)
+        return Objective(lambda x: weight * self(x), f"{weight:g} × {self.description}", self.model, self.others)
 
     __rmul__ = __mul__
 
@@ -112,6 +128,24 @@ def expected_input(model: nn.Module | None) -> str | None:
     return None
 
 
+def check_eval_mode(model: nn.Module | None, what: str = "model") -> None:
+    """ValueError unless ``model`` and every one of its submodules is in eval mode (None: nothing to check).
+
+    The message names ``what`` (e.g. "the model ResNet of objective 'logits of digits ResNet'"), the
+    submodules in training mode and the fix, ``model.eval()``. Nothing is run and nothing changed.
+    """
+    if not isinstance(model, nn.Module) or not any(m.training for m in model.modules()):
+        return
+    names = [n or "(the model itself)" for n, m in model.named_modules() if m.training]
+    some = ", ".join(repr(n) for n in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    raise ValueError(
+        f"{what} is in training mode ({len(names)} module(s) in train mode: {some}); an objective only "
+        "evaluates a model, so call model.eval() first (in training mode BatchNorm normalises with the "
+        "batch's statistics and overwrites its running statistics, and dropout drops units: the "
+        "measurement would be wrong and the model changed)"
+    )
+
+
 def logits(model: nn.Module, name: str | None = None) -> Objective:
     """All output logits of a classifier: (B, n_classes)."""
     return Objective(lambda x: model(x), f"logits of {name or type(model).__name__}", model)
@@ -133,9 +167,13 @@ def class_logit(model: nn.Module, index: int = 0, name: str | None = None) -> Ob
     decision boundary and its gradient vanishes there.
     """
     _check_index(index)
-    return Objective(
-        lambda x: model(x)[:, index : index + 1], f"logit {index} of {name or type(model).__name__}", model
-    )
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        out = model(x)  # (B, n_outputs)
+        _check_output_index(index, out)
+        return out[:, index : index + 1]
+
+    return Objective(fn, f"logit {index} of {name or type(model).__name__}", model)
 
 
 def class_probability(model: nn.Module, index: int, name: str | None = None) -> Objective:
@@ -143,15 +181,10 @@ def class_probability(model: nn.Module, index: int, name: str | None = None) -> 
     _check_index(index)
 
     def fn(x: torch.Tensor) -> torch.Tensor:
-        out = model(x)
+        out = model(x)  # (B, n_outputs)
+        _check_output_index(index, out)
         if out.shape[1] == 1:
-            if index != 0:
-                raise ValueError(f"index must be 0 for a single-output model, got {index}")
             return torch.sigmoid(out)
-        if index >= out.shape[1]:
-            raise ValueError(
-                f"index must be in [0, {out.shape[1] - 1}] for this model, got {index}"
-            )
         return torch.softmax(out, dim=1)[:, index : index + 1]
 
     return Objective(fn, f"p(class {index}) of {name or type(model).__name__}", model)
@@ -169,6 +202,17 @@ def lowpassed(objective: Objective, cutoff: float) -> Objective:
 def _check_index(index: int) -> None:
     if not isinstance(index, int) or isinstance(index, bool) or index < 0:
         raise ValueError(f"index must be a non-negative integer, got {index!r}")
+
+
+def _check_output_index(index: int, out: torch.Tensor) -> None:
+    """``index`` must pick one of the model's outputs (B, n): else the slice would be empty, (B, 0)."""
+    if out.dim() < 2 or out.shape[1] < 1:
+        raise ValueError(f"model must return outputs of shape (B, n_outputs) to pick index {index} from, "
+                         f"got shape {tuple(out.shape)}")
+    if out.shape[1] == 1 and index != 0:
+        raise ValueError(f"index must be 0 for a single-output model (its one output), got {index}")
+    if index >= out.shape[1]:
+        raise ValueError(f"index must be in [0, {out.shape[1] - 1}] (this model has {out.shape[1]} outputs), got {index}")
 
 
 @contextlib.contextmanager

@@ -95,7 +95,8 @@ def sae_feature(vit: nn.Module, layer: int, sae: SparseAutoencoder, features, re
         return reduce_tokens(codes[..., idx.to(x.device)], reduce)
 
     what = f"feature {feats[0]}" if len(feats) == 1 else f"features {feats}"
-    return Objective(fn, f"SAE {what} of {name or type(vit).__name__}.blocks.{layer} ({reduce})")
+    # the ViT and the SAE must be in eval mode: refused here and at every call, never changed
+    return Objective(fn, f"SAE {what} of {name or type(vit).__name__}.blocks.{layer} ({reduce})", vit, (sae,))
 
 
 def sae_code(vit: nn.Module, layer: int, sae: SparseAutoencoder, reduce: str = "cls",
@@ -105,7 +106,8 @@ def sae_code(vit: nn.Module, layer: int, sae: SparseAutoencoder, reduce: str = "
     check_compatible(sae, vit, layer)
     check_reduce(reduce)
     return Objective(lambda x: reduce_tokens(encode_images(vit, layer, sae, x, surrogate_gradient), reduce),
-                     f"full SAE code ({sae.d_sae} features) of {name or type(vit).__name__}.blocks.{layer} ({reduce})")
+                     f"full SAE code ({sae.d_sae} features) of {name or type(vit).__name__}.blocks.{layer} ({reduce})",
+                     vit, (sae,))
 
 
 @torch.no_grad()
