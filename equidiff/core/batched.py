@@ -14,7 +14,9 @@ from typing import Optional, Sequence
 import torch
 
 from equidiff._validate import bad as _bad, is_int as _is_int
-from equidiff.core.invariants import InvariantResult, find_invariants
+from equidiff.core.checks import check_query
+from equidiff.core.invariants import InvariantConfig, InvariantResult, find_invariants
+from equidiff.core.priors import IdentityPrior
 
 __all__ = ["find_invariants_batched", "concat_results"]
 
@@ -66,8 +68,14 @@ def find_invariants_batched(objective, query, prior, config, batch_size: Optiona
     ``sample_offset``, so a restart (``restart_after``) of sample i draws the noise an unbatched
     run draws for it: the batch size changes memory and speed, not the samples. ``repulsion``
     couples samples, so it needs one batch. A ``checkpoint_path`` gets a ``.part<i>`` suffix per
-    batch.
+    batch. ``prior=None`` is the no-prior case of :func:`find_invariants`, in batches as well.
     """
+    config = config or InvariantConfig()
+    if not isinstance(config, InvariantConfig):
+        raise TypeError(f"config must be an InvariantConfig, got {type(config).__name__}")
+    check_query(objective, query, prior)  # before the latents are drawn (core/checks.py)
+    if prior is None:
+        prior = IdentityPrior(query.shape[1:])  # what find_invariants does with None: the same draws
     n = config.n_samples
     if batch_size is None or (_is_int(batch_size) and batch_size >= n):
         return find_invariants(objective, query, prior, config, **kwargs)

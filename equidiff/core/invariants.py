@@ -28,7 +28,9 @@ import torch
 from equidiff._validate import bad as _bad, is_int as _is_int, is_num as _is_num
 from equidiff.core.filters import lowpass
 from equidiff.core.lbfgs import BatchedLBFGS
-from equidiff.core.objectives import Objective, expected_input
+from equidiff.core.checks import (check_measurements, check_query, check_samples, check_target, measure_query,
+                                  objective_model)
+from equidiff.core.objectives import Objective
 from equidiff.core.priors import IdentityPrior
 from equidiff.core.resume import load_checkpoint, run_identity, save_checkpoint
 
@@ -264,19 +266,6 @@ def _repulsion(x_active: torch.Tensor, x_all: torch.Tensor, idx: torch.Tensor, s
     return k.sum()
 
 
-def _measure_query(objective, query: torch.Tensor) -> torch.Tensor:
-    """L(x*), or a ValueError naming ``query`` when it does not fit the objective's model."""
-    try:
-        return objective(query)
-    except RuntimeError as e:  # e.g. "mat1 and mat2 shapes cannot be multiplied" for a wrong width
-        wants = expected_input(getattr(objective, "model", None))
-        hint = f" (its model's first layer takes {wants})" if wants else ""
-        raise ValueError(
-            f"query of shape {tuple(query.shape)} does not fit the objective "
-            f"{getattr(objective, 'description', type(objective).__name__)!r}{hint}: {e}"
-        ) from e
-
-
 def iterate_invariants(
     objective: Objective | Callable[[torch.Tensor], torch.Tensor],
     query: torch.Tensor,
@@ -297,9 +286,7 @@ def iterate_invariants(
     cfg = config or InvariantConfig()
     if not isinstance(cfg, InvariantConfig):
         raise TypeError(f"config must be an InvariantConfig, got {type(cfg).__name__}")
-    if not isinstance(query, torch.Tensor) or query.dim() < 2 or query.shape[0] != 1:
-        shape = tuple(query.shape) if isinstance(query, torch.Tensor) else type(query).__name__
-        raise ValueError(f"query must be one input with a batch dimension, shape (1, ...), got {shape}")
+    check_query(objective, query, prior)  # form, dtype, device, prior: before anything runs (core/checks.py)
     if not _is_int(sample_offset) or sample_offset < 0:
         raise _bad("sample_offset", sample_offset, "an integer ≥ 0 (the global index of the first sample)")
     if prior is None:
@@ -311,7 +298,7 @@ def iterate_invariants(
 
     # Algorithm 1, line 2: store the target invariant value y* = L(x*).
     with torch.no_grad():
-        tgt = _measure_query(objective, query) if target is None else target
+        tgt = measure_query(objective, query) if target is None else check_target(target)
     tgt = tgt.detach().reshape(1, -1)  # (1, m)
     if cfg.optimizer == "newton" and tgt.shape[1] != 1:
         raise ValueError(
@@ -377,8 +364,12 @@ def iterate_invariants(
         idx = active.nonzero().squeeze(1)  # samples still being optimised
         # Lines 9-14: reset to z_T and run the (checkpointed) deterministic sampler; decode.
         x = prior(z[idx])  # (A, ...)
+        if step == start:  # before the first optimiser step: samples of the query's kind, measured as (A, m)
+            check_samples(x, query, prior, objective_model(objective))
         # Lines 15-20: dual (unfiltered + filtered) loss with step size λ.
         meas = objective(x)  # (A, m)
+        if step == start:
+            check_measurements(meas, tgt, len(idx), target is not None)
         loss = invariant_loss(objective, x, tgt, reduction=cfg.reduction, filter=filter, measurements=meas)
         total = cfg.step_size * loss  # (A,)
         bad = ~torch.isfinite(total.detach())

@@ -81,6 +81,11 @@ class IdentityPrior:
             out = out * self.scale
         return out.to(device) if device is not None else out
 
+    @property
+    def image_shape(self) -> tuple:
+        """Shape of one sample x (= z): the query's shape without its batch dimension."""
+        return self.shape
+
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
         return z
 
@@ -222,6 +227,11 @@ class PixelDDIMPrior(DDIMChain):
         return (cfg.in_channels, *hw)
 
     @property
+    def image_shape(self) -> tuple:
+        """``(C, H, W)`` of one sample x (pixel space: the shape of ``z_T``); a query must have it."""
+        return self.latent_shape
+
+    @property
     def _device(self) -> torch.device:
         return self.unet.device
 
@@ -315,6 +325,14 @@ class LatentDiTPrior(DDIMChain):
         """``(C, h, w)`` of ``z_T`` in the VAE's latent space (e.g. (4, 32, 32) for DiT-XL-2-256)."""
         cfg = self.transformer.config
         return (cfg.in_channels, cfg.sample_size, cfg.sample_size)
+
+    @property
+    def image_shape(self) -> tuple:
+        """``(C, H, W)`` of one decoded sample x: the VAE upsamples the latent by 2 per block after its first
+        (diffusers' ``vae_scale_factor``; (3, 256, 256) for DiT-XL-2-256); a query must have it."""
+        factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        size = self.transformer.config.sample_size * factor
+        return (self.vae.config.out_channels, size, size)
 
     @property
     def _device(self) -> torch.device:
