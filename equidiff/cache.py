@@ -10,6 +10,16 @@ when it is complete, so an interrupted run never leaves a half-written folder be
 that exists is complete. Inside it, :func:`save_state` writes a module's weights as safetensors
 (``model.safetensors``) with a ``config.json``; other formats (diffusers' ``save_pretrained``, an
 SAE's SAELens layout) write their own files into the same temporary folder. Nothing is pickled.
+
+Every file is verified (issue 18): the folder's record (``config.json``, or the caller's record
+file) lists the sha256 of every other file in the folder (:func:`write_record`), and
+:func:`check_folder` checks them before anything is loaded. A changed or truncated file, a missing
+one, a missing or unreadable record, or a file that fails to load (:func:`loading`) stops with a
+:class:`CacheError` naming the file and how to rebuild it (delete the folder and rerun: the next
+load trains it again). A folder written before records carried sha256 (a record without
+``"sha256"``) still loads as before; once it has loaded, :func:`seal` adds the sha256 of its files to
+its record, so every later load verifies them (where the folder is read-only it is loaded
+unverified, with a warning that says so). Folder names and weights do not change.
 """
 
 from __future__ import annotations
@@ -20,6 +30,7 @@ import hashlib
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Iterator
 
@@ -27,7 +38,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 __all__ = ["cache_root", "config_hash", "model_dir", "atomic_folder", "write_json", "save_state", "load_state",
-           "load_or_train"]
+           "load_or_train", "CacheError", "RECORD", "sha256_file", "file_hashes", "write_record", "check_folder",
+           "loading", "seal", "rebuild_hint"]
+
+RECORD = "config.json"  # the record of a cache folder: its config, training info and the sha256 of its other files
 
 _REPO = Path(__file__).resolve().parent.parent
 
@@ -49,14 +63,21 @@ def model_dir(name: str, config, version: str = "1", cache_dir=None) -> Path:
     return cache_root(cache_dir) / f"{name}-{config_hash(config, version)}"
 
 
+class CacheError(RuntimeError):
+    """A cache folder that cannot be trusted: a file whose sha256 differs from its record, a truncated
+    or missing file, a missing or unreadable record. The message names the file and how to rebuild it."""
+
+
 @contextlib.contextmanager
-def atomic_folder(folder: str | os.PathLike) -> Iterator[Path]:
+def atomic_folder(folder: str | os.PathLike, record: str = RECORD) -> Iterator[Path]:
     """Write a cache folder atomically: ``with atomic_folder(folder) as tmp:`` write the files into
     ``tmp``; when the block ends, ``tmp`` is renamed to ``folder``.
 
     ``tmp`` is ``<parent>/.<folder name>.tmp-<pid>`` (created empty). If the block raises, ``tmp`` is
-    removed and nothing is renamed. If ``folder`` already exists when the block ends (another
-    process finished first), its folder is kept and ``tmp`` removed.
+    removed and nothing is renamed. If ``folder`` already exists when the block ends: when it holds
+    its ``record`` (another process finished first) it is kept and ``tmp`` removed; when it does not
+    (a half-written or half-deleted folder) it is moved aside, ``tmp`` renamed into its place and the
+    broken folder removed, so a repair never fails on what it repairs.
     """
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -69,11 +90,112 @@ def atomic_folder(folder: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     try:
-        os.rename(tmp, folder)
-    except OSError:  # another process finished first: keep its folder
-        shutil.rmtree(tmp, ignore_errors=True)
+        os.rename(tmp, folder)  # replaces an empty folder too
+    except OSError:
+        if (folder / record).is_file():  # another process finished first: keep its folder
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
         if not folder.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
             raise
+        aside = folder.parent / f".{folder.name}.broken-{os.getpid()}"
+        shutil.rmtree(aside, ignore_errors=True)
+        os.rename(folder, aside)
+        os.rename(tmp, folder)
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def rebuild_hint(folder: str | os.PathLike, how: str = "the next call trains it again") -> str:
+    """What rebuilds a cache folder: deleting it; ``how`` says what then retrains it."""
+    return f"delete the folder {folder} and rerun: {how}"
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_hashes(folder: str | os.PathLike, record: str = RECORD) -> dict:
+    """``{relative path: sha256}`` of every file under ``folder`` except its ``record``."""
+    folder = Path(folder)
+    return {p.relative_to(folder).as_posix(): sha256_file(p)
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.relative_to(folder).as_posix() != record}
+
+
+def write_record(folder: str | os.PathLike, obj: dict, record: str = RECORD) -> None:
+    """Write the folder's record: ``obj`` plus ``"sha256"``, the hashes of every other file in it (write
+    the other files first)."""
+    write_json(Path(folder) / record, {**obj, "sha256": file_hashes(folder, record)})
+
+
+def check_folder(folder: str | os.PathLike, record: str = RECORD, rebuild: str | None = None) -> dict | None:
+    """The verified record of a cache folder, or None when there is none to load (no folder, or an empty one).
+
+    Raises :class:`CacheError` naming the file (and ``rebuild``, default :func:`rebuild_hint`) when the
+    folder has files but no record, the record is not JSON, or a file its ``"sha256"`` lists is missing
+    or has another hash. A record without ``"sha256"`` (written before weights were verified) is
+    returned unchecked; :func:`seal` it once its files have loaded.
+    """
+    folder = Path(folder)
+    rebuild = rebuild or rebuild_hint(folder)
+    if not folder.is_dir() or not any(folder.iterdir()):
+        return None
+    path = folder / record
+    if not path.is_file():
+        raise CacheError(f"cache folder {folder} is incomplete: its record {path} is missing (an interrupted "
+                         f"copy or a partly deleted folder); {rebuild}")
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CacheError(f"the record {path} of a cache folder cannot be read ({e}); {rebuild}") from e
+    if not isinstance(stored, dict):
+        raise CacheError(f"the record {path} of a cache folder is not a JSON object; {rebuild}")
+    for name, want in (stored.get("sha256") or {}).items():
+        p = folder / name
+        if not p.is_file():
+            raise CacheError(f"{p} is missing (its record {path} lists it); {rebuild}")
+        got = sha256_file(p)
+        if got != want:
+            raise CacheError(f"{p} is corrupt: its sha256 is {got[:16]}…, its record {path} says {want[:16]}… "
+                             f"(changed, truncated or damaged on disk); {rebuild}")
+    return stored
+
+
+@contextlib.contextmanager
+def loading(path: str | os.PathLike, rebuild: str):
+    """Turn a failure to load ``path`` (e.g. safetensors' ``incomplete metadata`` of a truncated file,
+    which names no file) into a :class:`CacheError` naming the file and how to rebuild it."""
+    try:
+        yield
+    except CacheError:
+        raise
+    except Exception as e:  # SafetensorError, OSError, RuntimeError of load_state_dict, JSON errors…
+        raise CacheError(f"{path} cannot be loaded ({type(e).__name__}: {e}); it may be damaged or "
+                         f"truncated: {rebuild}") from e
+
+
+def seal(folder: str | os.PathLike, stored: dict, record: str = RECORD) -> dict:
+    """Add the sha256 of the folder's files to a record that has none (a folder written before weights
+    were verified), after its files loaded; later loads verify them. A read-only folder is left as it is,
+    with a warning that it was loaded unverified. Returns the record."""
+    if "sha256" in stored:
+        return stored
+    folder = Path(folder)
+    sealed = {**stored, "sha256": file_hashes(folder, record)}
+    tmp = folder / f".{record}.tmp-{os.getpid()}"
+    try:
+        write_json(tmp, sealed)
+        os.replace(tmp, folder / record)  # atomic: readers see the old record or the new one
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        warnings.warn(f"cache folder {folder} has no sha256 in its record {record} (written before weights "
+                      f"were verified) and it cannot be added ({e}): loaded unverified", stacklevel=3)
+        return stored
+    return sealed
 
 
 def write_json(path: str | os.PathLike, obj) -> None:
@@ -88,13 +210,22 @@ def save_state(module: torch.nn.Module, folder: Path, config, extra: dict | None
     state = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
     save_file(state, str(folder / "model.safetensors"))
     d = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
-    write_json(folder / "config.json", {"config": d, **(extra or {})})
+    write_record(folder, {"config": d, **(extra or {})})  # config.json with the sha256 of model.safetensors
 
 
-def load_state(module: torch.nn.Module, folder: Path) -> dict:
-    """Load weights into ``module``; returns the stored config.json contents."""
-    module.load_state_dict(load_file(str(folder / "model.safetensors")))
-    return json.loads((folder / "config.json").read_text())
+def load_state(module: torch.nn.Module, folder: Path, rebuild: str | None = None) -> dict:
+    """Load weights into ``module``; returns the stored config.json contents. The files are verified
+    first (:func:`check_folder`) and a folder without hashes is sealed (:func:`seal`) once it loaded;
+    any fault raises :class:`CacheError` naming the file and ``rebuild``."""
+    folder = Path(folder)
+    rebuild = rebuild or rebuild_hint(folder)
+    stored = check_folder(folder, RECORD, rebuild)
+    if stored is None:
+        raise CacheError(f"cache folder {folder} is missing or empty; {rebuild}")
+    weights = folder / "model.safetensors"
+    with loading(weights, rebuild):
+        module.load_state_dict(load_file(str(weights)))
+    return seal(folder, stored)
 
 
 def load_or_train(name: str, config, version: str, module: torch.nn.Module, train, cache_dir=None):
@@ -102,12 +233,13 @@ def load_or_train(name: str, config, version: str, module: torch.nn.Module, trai
 
     ``module`` is a freshly built model to load the weights into; ``train()`` returns
     ``(model, info)``. ``info`` is what training recorded (e.g. accuracy, seconds). The folder is
-    written atomically (:func:`atomic_folder`).
+    written atomically (:func:`atomic_folder`) and verified on every load (:func:`load_state`): a
+    damaged, truncated or incomplete folder raises :class:`CacheError` instead of loading or retraining.
     """
     folder = model_dir(name, config, version, cache_dir)
-    if (folder / "model.safetensors").exists():
-        info = load_state(module, folder)
-        return module.eval(), {k: v for k, v in info.items() if k != "config"}
+    if folder.is_dir() and any(folder.iterdir()):  # load_state verifies it (an empty folder is retrained)
+        info = load_state(module, folder, rebuild_hint(folder, f"the next call trains {name} again"))
+        return module.eval(), {k: v for k, v in info.items() if k not in ("config", "sha256")}
     model, info = train()
     with atomic_folder(folder) as tmp:
         save_state(model, tmp, config, info)

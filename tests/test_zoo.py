@@ -314,7 +314,8 @@ def test_cache_load_or_train_trains_once_and_loads_the_safetensors(tmp_path):
     folder = cache.model_dir("lin", config, "7", tmp_path)
     assert folder.name == f"lin-{cache.config_hash(config, '7')}"
     assert sorted(p.name for p in tmp_path.iterdir()) == [folder.name]
-    assert json.loads((folder / "config.json").read_text()) == {"config": config, "accuracy": 0.5}
+    assert json.loads((folder / "config.json").read_text()) == {
+        "config": config, "accuracy": 0.5, "sha256": {"model.safetensors": cache.sha256_file(folder / "model.safetensors")}}
 
 
 # ------------------------------------------------------------------------------ quality gate

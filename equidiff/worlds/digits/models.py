@@ -11,7 +11,10 @@ UNet and its scheduler are written with diffusers' ``save_pretrained`` (safetens
 classifier and the ViT with ``safetensors.torch.save_file`` plus a ``config.json``; nothing is pickled.
 A folder is written under a temporary name and renamed when complete
 (:func:`equidiff.cache.atomic_folder`), so an interrupted training never leaves a half-written
-cache behind.
+cache behind. Its ``config.json`` records the sha256 of every other file, checked on every load: a
+changed, truncated or missing file, or a folder without ``config.json``, raises
+:class:`equidiff.cache.CacheError` naming the file and saying how to rebuild it (delete the folder;
+the next :func:`get_model` call trains it again) instead of loading wrong weights or retraining.
 
 :func:`get_model` loads a preset of :data:`~equidiff.worlds.digits.recipes.PRESETS`, training it
 on first use.
@@ -110,20 +113,30 @@ def _config_json(cfg) -> dict:
 
 
 def _save(folder: Path, kind: str, model: nn.Module, scheduler, cfg, info: dict) -> None:
-    """Write a complete cache folder (under a temporary name, renamed into place when complete)."""
+    """Write a complete cache folder (under a temporary name, renamed into place when complete); its
+    ``config.json`` holds the sha256 of every other file."""
     record = {"kind": kind, "code_version": CODE_VERSION, "info": info}
     with cache.atomic_folder(folder) as tmp:
         if kind == "ddpm":
             model.save_pretrained(tmp / "unet", safe_serialization=True)  # config.json + safetensors
             scheduler.save_pretrained(tmp / "scheduler")  # scheduler_config.json
-            cache.write_json(tmp / "config.json", {"config": _config_json(cfg), **record})
+            cache.write_record(tmp, {"config": _config_json(cfg), **record})  # last: it hashes the others
         else:
             cache.save_state(model, tmp, cfg, record)  # model.safetensors + config.json
 
 
-def _load(folder: Path, cfg):
-    """Load a cache folder; returns ``(model, scheduler or None, info)``."""
-    stored = json.loads((folder / "config.json").read_text())
+def _rebuild(folder: Path, name: str | None = None) -> str:
+    call = f"get_model({name!r})" if name in PRESETS else "the next load_or_train call"
+    return cache.rebuild_hint(folder, f"{call} trains it again (on a CPU: seconds for a tiny preset, "
+                                      "minutes for a full one)")
+
+
+def _load(folder: Path, cfg, name: str | None = None):
+    """Load a cache folder, verified against the sha256 in its record; returns ``(model, scheduler or None, info)``."""
+    rebuild = _rebuild(folder, name)
+    stored = cache.check_folder(folder, cache.RECORD, rebuild)
+    if stored is None:
+        raise cache.CacheError(f"cache folder {folder} is missing or empty; {rebuild}")
     if stored.get("config") != _config_json(cfg) or stored.get("code_version") != CODE_VERSION:
         raise ValueError(
             f"cache folder {folder} holds a different config or code version than requested; "
@@ -132,13 +145,16 @@ def _load(folder: Path, cfg):
     if _kind_of(cfg) == "ddpm":
         from diffusers import DDPMScheduler, UNet2DModel
 
-        unet = UNet2DModel.from_pretrained(
-            folder / "unet", use_safetensors=True, local_files_only=True, low_cpu_mem_usage=False
-        )
-        scheduler = DDPMScheduler.from_pretrained(folder / "scheduler", local_files_only=True)
+        with cache.loading(folder / "unet", rebuild):
+            unet = UNet2DModel.from_pretrained(
+                folder / "unet", use_safetensors=True, local_files_only=True, low_cpu_mem_usage=False
+            )
+        with cache.loading(folder / "scheduler", rebuild):
+            scheduler = DDPMScheduler.from_pretrained(folder / "scheduler", local_files_only=True)
+        cache.seal(folder, stored)  # a folder written before weights were verified: record their sha256
         return unet.eval().requires_grad_(False), scheduler, stored["info"]
     model = build_vit(cfg) if _kind_of(cfg) == "vit" else build_classifier(cfg)
-    cache.load_state(model, folder)
+    cache.load_state(model, folder, rebuild)
     return model.eval().requires_grad_(False), None, stored["info"]
 
 
@@ -168,8 +184,8 @@ def load_or_train(
     if data is not None and kind == "vit":
         raise _bad("data", "a function", "None for a ViT (custom training data: DDPM and classifier only)")
     folder = model_folder(cfg, name, cache_dir, data_key)
-    if (folder / "config.json").exists():
-        model, scheduler, info = _load(folder, cfg)
+    if folder.is_dir() and any(folder.iterdir()):  # verified by _load; an incomplete folder raises, never retrains
+        model, scheduler, info = _load(folder, cfg, name)
         return ZooModel(name, model, cfg, folder, info, trained_now=False, scheduler=scheduler)
     if not train_if_missing:
         raise FileNotFoundError(
@@ -191,14 +207,14 @@ def load_or_train(
     # loaded weights sit at other memory offsets (diffusers keeps the safetensors layout), and CPU
     # kernels round differently on differently aligned data (~1e-7), which the chaotic optimisation
     # of Algorithm 1 turns into different samples. The first run must equal every rerun.
-    model, scheduler, _ = _load(folder, cfg)
+    model, scheduler, _ = _load(folder, cfg, name)
     return ZooModel(name, model, cfg, folder, info, trained_now=True, scheduler=scheduler)
 
 
 def reload(model: ZooModel) -> ZooModel:
     """``model`` loaded again from its cache folder (in another process: the same weights, laid out in
     memory exactly as in this one, so it computes bit-identically)."""
-    loaded, scheduler, info = _load(model.path, model.config)
+    loaded, scheduler, info = _load(model.path, model.config, model.name)
     return ZooModel(model.name, loaded, model.config, model.path, info, trained_now=False, scheduler=scheduler)
 
 

@@ -11,7 +11,9 @@ feature #6547, L2 ≈ 0.01). The embedded world trains everything on the spot:
   layout (``cfg.json`` + ``sae_weights.safetensors``, plus ``equidiff.json`` with the training config)
   under ``<cache root>/<vit preset>-sae-<kind>-<hash>`` (:func:`sae_folder`), written atomically
   through :func:`equidiff.cache.atomic_folder` and read back through :func:`equidiff.sae.load_sae`,
-  the loader of real SAELens / Prisma SAEs.
+  the loader of real SAELens / Prisma SAEs. ``equidiff.json`` records the sha256 of the SAELens files,
+  checked on every load; a changed or truncated file, or a folder without ``equidiff.json``, raises
+  :class:`equidiff.cache.CacheError` naming the file (delete the folder; :func:`get_sae` trains it again).
 
 :func:`sae_loader` makes the world's ``"sae"`` part (:class:`equidiff.sae.ViTSAE`) from the
 notebook's SAE parameters (None: the world's value, :data:`equidiff.worlds.settings.SETTINGS`).
@@ -80,23 +82,28 @@ def get_sae(cfg: Optional[SAETrainConfig] = None, cache_dir=None, *, train_if_mi
         raise bad("vit", cfg.vit, "the name of a ViT preset of equidiff.worlds.digits.recipes.PRESETS (e.g. 'digits-vit')")
     vit_block(vit.model, cfg.layer)
     folder = sae_folder(cfg, vit.path, cache_dir)
-    record = folder / RECORD
-    if record.is_file():
-        stored = json.loads(record.read_text())
+    rebuild = cache.rebuild_hint(folder, "get_sae (the SAE chapter's first cell) trains it again")
+    stored = cache.check_folder(folder, RECORD, rebuild)  # None: no folder; raises if incomplete or damaged
+    if stored is not None:
         if stored.get("config") != json.loads(json.dumps(dataclasses.asdict(cfg))):
             raise ValueError(f"cache folder {folder} holds a different SAE config; delete it to retrain")
-        return TrainedSAE(load_sae(folder), vit, cfg, folder, stored["info"], trained_now=False)
+        with cache.loading(folder / "sae_weights.safetensors", rebuild):  # SAELens layout (sae.save)
+            sae = load_sae(folder)
+        cache.seal(folder, stored, RECORD)  # a folder written before weights were verified: record their sha256
+        return TrainedSAE(sae, vit, cfg, folder, stored["info"], trained_now=False)
     if not train_if_missing:
         raise FileNotFoundError(f"no cached SAE at {folder}; call with train_if_missing=True to train it")
     t0 = time.perf_counter()
     tokens = training_tokens(vit.model, cfg)  # (M, d_in)
     sae, info = train_sae(tokens, cfg, progress=progress, vit_name=cfg.vit)
     info["train_seconds"] = time.perf_counter() - t0  # tokens included
-    with cache.atomic_folder(folder) as tmp:
+    with cache.atomic_folder(folder, RECORD) as tmp:
         sae.save(tmp)
-        cache.write_json(tmp / RECORD, {"config": dataclasses.asdict(cfg), "vit_folder": vit.path.name,
-                                        "code_version": CODE_VERSION, "info": info})
-    return TrainedSAE(load_sae(folder), vit, cfg, folder, info, trained_now=True)
+        cache.write_record(tmp, {"config": dataclasses.asdict(cfg), "vit_folder": vit.path.name,
+                                 "code_version": CODE_VERSION, "info": info}, RECORD)  # last: it hashes the others
+    with cache.loading(folder / "sae_weights.safetensors", rebuild):  # SAELens layout (sae.save)
+        sae = load_sae(folder)
+    return TrainedSAE(sae, vit, cfg, folder, info, trained_now=True)
 
 
 def sae_loader(presets: dict, classifier, defaults: dict, cache_dir=None, progress: bool = False):
