@@ -363,6 +363,9 @@ class ImageNetInput(nn.Module):
         self.interpolation = interpolation
         self.register_buffer("mean", mean_t.to(param_device(model)), persistent=False)
         self.register_buffer("std", std_t.to(param_device(model)), persistent=False)
+        # the wrapper has no train-mode behaviour of its own: it takes the wrapped model's mode, so a frozen
+        # classifier stays an eval-mode model that objectives accept (they refuse any module in train mode)
+        self.training = model.training
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) in [-1, 1] → the classifier's normalised input (B, C, S, S)."""
