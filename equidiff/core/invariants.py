@@ -499,10 +499,17 @@ def find_invariants(
 
     Parameters
     ----------
-    objective: the measurement L, ``(B, ...) -> (B, m)``.
-    query: the query x*, shape ``(1, ...)``.
+    objective: the measurement L, ``(B, ...) -> (B, m)``; its networks must be in eval mode.
+    query: the query x*, shape ``(1, ...)``: an input of the prior's kind (its samples' shape, dtype
+        and device) and of the objective's model (its device and dtype).
     prior: differentiable map ``z_T -> x`` with ``sample_latents(n, generator)``;
-        ``None`` means no prior (x = z, started from N(0, I) in the query's shape).
+        ``None`` means no prior (x = z, started from N(0, I) in the query's shape); refused for an
+        image query with a model objective (its "members" would be noise images): pass
+        ``IdentityPrior(query.shape[1:])`` to optimise pixels on purpose.
+
+    A misuse (a query, prior, objective or target that does not fit, a network in train mode, an
+    output index past the model's outputs) raises ``ValueError`` naming the argument before the first
+    optimiser step (:mod:`equidiff.core.checks`).
     config: :class:`InvariantConfig`.
     z_init: optional starting latents (N, ...) instead of drawing them.
     filter: the low-pass filter F of the dual loss; by default built from
