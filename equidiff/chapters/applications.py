@@ -12,7 +12,9 @@ planted-shortcut variant of the digits world (:mod:`equidiff.worlds.digits.short
   the class, with a bootstrap interval (:func:`equidiff.core.metrics.bootstrap_interval`);
   :func:`verdict` — what the two invariant sets (shortcut vs control classifier) show;
 * :func:`circles_selection`, :func:`neuron_selection` — the member selection of
-  :mod:`equidiff.core.members` in the circles world and on a neuron of the neuron chapter.
+  :mod:`equidiff.core.members` in the circles world and on a neuron of the neuron chapter;
+* :func:`check_parameters`, :func:`check_neuron` — the notebook's parameters, each checked by its own
+  name at the chapter's entry (``neuron``'s range once the world is loaded).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from equidiff._validate import bad, check_choice, check_folder, check_int, check_num
 from equidiff.chapters import circles as circles_chapter
 from equidiff.chapters import neurons as eqn
 from equidiff.core.invariants import InvariantConfig, find_invariants
@@ -32,9 +35,47 @@ from equidiff.core.members import member_pool, select_members
 from equidiff.core.metrics import bootstrap_interval
 from equidiff.core.objectives import class_probability
 from equidiff.worlds import circles as toy
-from equidiff.worlds.digits.shortcut import ShortcutModels, has_marker, predict, remove_marker
+from equidiff.worlds import world_names
+from equidiff.worlds.digits.shortcut import ShortcutModels, ShortcutWorld, has_marker, predict, remove_marker
 
-__all__ = ["Detection", "detect", "verdict", "save_detections", "circles_selection", "neuron_selection"]
+__all__ = ["Detection", "detect", "verdict", "save_detections", "circles_selection", "neuron_selection",
+           "OPTIMIZERS", "SELECT_SPACES", "check_parameters", "check_neuron"]
+
+OPTIMIZERS = ("adam", "sgd", "lbfgs")
+SELECT_SPACES = ("pixels", "classifier")
+
+
+def check_parameters(p: dict) -> None:
+    """The notebook's parameters (``notebooks/05_applications.ipynb``), each checked by its own name before any
+    world is loaded or model trained; ``neuron``'s range by :func:`check_neuron` once the world is known."""
+    check_choice("profile", p["profile"], tuple(world_names()))
+    check_int("seed", p["seed"], 0)
+    ShortcutWorld(shortcut_class=p["shortcut_class"], marker_rate=p["marker_rate"], other_rate=p["other_rate"],
+                  marker_size=p["marker_size"])  # the planted shortcut's own checks, by the same names
+    check_int("n_queries", p["n_queries"], 1, why="marked test images of the shortcut class")
+    check_int("n_samples", p["n_samples"], 2, why="invariant samples per query and classifier")
+    check_int("steps", p["steps"], 0, why="the step budget B")
+    check_num("tau", p["tau"], 0, lo_open=True, why="the loss threshold τ")
+    check_choice("optimizer", p["optimizer"], OPTIMIZERS)
+    check_num("lr", p["lr"], 0, lo_open=True)
+    check_num("lowpass_cutoff", p["lowpass_cutoff"], 0, 1, lo_open=True, hi_open=True, why="a fraction of Nyquist")
+    check_int("ddim_steps", p["ddim_steps"], 1, why="DDIM steps T of the prior")
+    check_int("k", p["k"], 1, why="members to choose")
+    check_num("novelty_weight", p["novelty_weight"], 0, 1)
+    check_choice("select_space", p["select_space"], SELECT_SPACES)
+    check_int("neuron", p["neuron"], 0, why="a channel of the neuron chapter's layer")
+    check_int("neuron_samples", p["neuron_samples"], 2)
+    check_int("neuron_steps", p["neuron_steps"], 0, why="the L-BFGS step budget")
+    toy.check_point("circle_query", p["circle_query"])
+    check_folder("output_dir", p["output_dir"])
+
+
+def check_neuron(world, neuron: int) -> int:
+    """``neuron`` if it is a channel of ``world.neuron_layer``; else ``ValueError`` naming ``neuron``."""
+    n = eqn.n_channels(world)
+    if not (0 <= neuron < n):
+        raise bad("neuron", neuron, f"an integer in [0, {n - 1}] (channels of {world.neuron_layer})")
+    return neuron
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 The world (data, MLP, exact level curves, the 2D diffusion prior) is :mod:`equidiff.worlds.circles`;
 this module is the chapter's one step: sample a query's invariant set and measure it against the
-exact level curve.
+exact level curve, and :func:`check_parameters`, the notebook's parameters checked at its entry.
 """
 
 from __future__ import annotations
@@ -12,9 +12,31 @@ import time
 import numpy as np
 from torch import nn
 
+from equidiff._validate import bad, check_choice, check_folder, check_int, check_num
 from equidiff.worlds.circles import check_point, coverage, invariants_2d, level_curves, probability_of
 
-__all__ = ["analyse_query"]
+__all__ = ["analyse_query", "check_parameters", "OPTIMIZERS"]
+
+OPTIMIZERS = ("adam", "newton", "sgd")  # the optimisers of the notebook (analyse_query's lr defaults cover these)
+
+
+def check_parameters(p: dict) -> None:
+    """The notebook's parameters (``notebooks/01_circles.ipynb``), each checked by its own name before any
+    model is loaded: ``ValueError("n_invariant must be an integer ≥ 1, got -5")``."""
+    check_int("seed", p["seed"], 0)
+    q = p["query_points"]
+    if isinstance(q, (str, bytes)) or not isinstance(q, (list, tuple)) or not q:
+        raise bad("query_points", q, "a non-empty list of points [x, y]")
+    for i, point in enumerate(q):
+        check_point(f"query_points[{i}]", point)
+    check_int("n_invariant", p["n_invariant"], 1, why="invariant points per query")
+    check_num("tau", p["tau"], 0, 1, lo_open=True, hi_open=True, why="a tolerance on the probability")
+    check_choice("optimizer", p["optimizer"], OPTIMIZERS)
+    check_int("steps", p["steps"], 0, why="the step budget B")
+    check_int("prior_points", p["prior_points"], 1, why="invariant points per query through the prior")
+    check_int("prior_steps", p["prior_steps"], 0, why="the step budget B through the prior")
+    check_int("ddim_steps", p["ddim_steps"], 1, why="DDIM steps of the 2D prior")
+    check_folder("output_dir", p["output_dir"])
 
 
 def analyse_query(model: nn.Module, query, n: int = 512, tau: float = 0.005, seed: int = 0,

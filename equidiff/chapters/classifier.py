@@ -41,7 +41,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from equidiff._validate import bad as _bad, is_int as _is_int, is_num as _is_num
+from equidiff._validate import bad as _bad, check_choice, check_folder, check_int, is_int as _is_int, is_num as _is_num
 from equidiff.core.baselines import GuidanceConfig, guided_sampling, pixel_invariants
 from equidiff.core.batched import find_invariants_batched
 from equidiff.core.filters import DEFAULT_CUTOFFS, cutoff_sweep, high_frequency_share, lowpass
@@ -49,6 +49,7 @@ from equidiff.core.invariants import InvariantConfig
 from equidiff.core.metrics import FIDResult, classifier_features, diversity, kl_divergence
 from equidiff.core.objectives import class_probability, probabilities
 from equidiff.report.tables import html_table
+from equidiff.worlds import world_names
 from equidiff.worlds.base import CAPABILITIES
 
 __all__ = [
@@ -60,6 +61,7 @@ __all__ = [
     "resolve_modes",
     "resolve_methods",
     "Settings",
+    "check_parameters",
     "held_out",
     "Query",
     "load_query",
@@ -196,6 +198,16 @@ class Settings:
                 "n_samples": self.n_samples, "optimizer": self.optimizer, "lr": self.lr, "keep_norm": self.keep_norm,
                 "lowpass_cutoff": self.lowpass_cutoff, "guidance_scale": self.guidance_scale,
                 "ddim_steps": self.ddim_steps, "cutoffs": list(self.cutoffs)}
+
+
+def check_parameters(p: dict) -> None:
+    """The notebook's parameters (``notebooks/04_classifier.ipynb``), each checked by its own name before any
+    world is loaded (:class:`Settings` and the rest); ``query_index``'s range is checked by :func:`load_query`
+    and the paper parameters by :func:`~equidiff.worlds.load_world`, where the world is known."""
+    check_choice("profile", p["profile"], tuple(world_names()))
+    check_int("query_index", p["query_index"], 0, why="one of the world's held-out images")
+    Settings(**{f.name: p[f.name] for f in dataclasses.fields(Settings) if f.init})
+    check_folder("output_dir", p["output_dir"])
 
 
 # --------------------------------------------------------------------------------------------

@@ -20,6 +20,8 @@ neuron layer (``world.neuron_layer``, read as ``world.neuron_read``); every func
   image that activates it most strongly; the objective its whole pre-activation map; Algorithm 1
   through the world's deterministic DDIM prior (``world.batch_size`` samples at a time); the
   metrics of Table 4.1 plus diversity and the classifier's reading of the samples.
+* :func:`check_parameters` — the notebook's parameters, each checked by its own name at the
+  chapter's entry; :func:`n_channels` — how many neurons the world's layer has (one forward pass).
 * :func:`run_all` — every chosen neuron, side by side in worker processes on a CPU world
   (:mod:`equidiff.run.pool`), one torch thread each: the numbers do not depend on ``workers``.
 """
@@ -34,7 +36,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from equidiff._validate import bad
+from equidiff._validate import bad, check_choice, check_folder, check_index_list, check_int, check_num
 from equidiff.core.batched import find_invariants_batched
 from equidiff.core.invariants import InvariantConfig
 from equidiff.core.metrics import classifier_features, diversity, l1_l2
@@ -43,10 +45,14 @@ from equidiff.core.units import alignment_scores, channel_activations, concept_c
 from equidiff.report.progress import ProgressLine
 from equidiff.report.tables import html_table
 from equidiff.run.pool import run_world_pool
+from equidiff.worlds import world_names
 
 __all__ = [
     "CHAPTER",
     "SETTINGS",
+    "OPTIMIZERS",
+    "check_parameters",
+    "n_channels",
     "AlignmentTable",
     "neuron_table",
     "alignment_rows",
@@ -69,6 +75,34 @@ CHAPTER = "neurons"  # this chapter's key in the worlds' defaults (equidiff.worl
 # run_neuron's settings (the keyword arguments run_all passes on); n_samples, steps and ddim_steps
 # left None take the world's value
 SETTINGS = ("n_samples", "steps", "ddim_steps", "tau", "optimizer", "lr", "seed", "restart_after", "lowpass_cutoff")
+OPTIMIZERS = ("lbfgs", "adam", "sgd", "newton")
+
+
+def check_parameters(p: dict) -> None:
+    """The notebook's parameters (``notebooks/02_neurons.ipynb``), each checked by its own name before any
+    world is loaded. What depends on the world (a channel's range, the concept sets, the paper parameters)
+    is checked where the world is known: :func:`load_world`, :func:`choose_neurons`."""
+    check_choice("profile", p["profile"], tuple(world_names()))
+    check_int("seed", p["seed"], 0)
+    check_index_list("neurons", p["neurons"], allowed="a non-empty list of distinct channel integers ≥ 0")
+    if not isinstance(p["concept_set"], str):
+        raise bad("concept_set", p["concept_set"], "a concept set's name: 'all', 'digits' or 'strokes'")
+    check_int("n_samples", p["n_samples"], 2, none=True, why="FID and diversity need two samples")
+    check_int("steps", p["steps"], 0, none=True, why="the step budget B")
+    check_num("tau", p["tau"], 0, lo_open=True, why="the loss threshold τ")
+    check_choice("optimizer", p["optimizer"], OPTIMIZERS)
+    check_num("lr", p["lr"], 0, lo_open=True)
+    check_int("restart_after", p["restart_after"], 1, none=True, why="optimiser steps")
+    check_num("lowpass_cutoff", p["lowpass_cutoff"], 0, 1, lo_open=True, none=True, why="a fraction of Nyquist")
+    check_int("workers", p["workers"], 1, none=True)
+    check_int("ddim_steps", p["ddim_steps"], 1, none=True, why="DDIM steps T of the prior")
+    check_folder("output_dir", p["output_dir"])
+
+
+def n_channels(world) -> int:
+    """The number of channels (neurons) of ``world.neuron_layer``: one image through the classifier."""
+    return int(channel_activations(world.classifier, world.images[:1], world.neuron_layer, read=world.neuron_read,
+                                   batch=1, device=world.device).shape[1])
 
 
 # --------------------------------------------------------------------------------------------

@@ -31,16 +31,17 @@ from typing import Optional, Sequence
 
 import torch
 
-from equidiff._validate import bad, is_int
+from equidiff._validate import bad, check_choice, check_folder, check_index_list, check_int, check_num, is_int
 from equidiff.core.batched import find_invariants_batched
 from equidiff.core.invariants import InvariantConfig
 from equidiff.core.metrics import FIDResult, l1_l2
 from equidiff.report.tables import html_table
 from equidiff.sae import (SAE_KINDS, FeatureTable, SelectedFeature, ViTSAE, check_reduce, choose_features,
                           feature_table, quality_report, sae_code, sae_feature)
+from equidiff.worlds import world_names
 
 __all__ = [
-    "CHAPTER", "CONFIDENT", "load_vit_sae", "measure_quality", "summary", "measure_features", "choose",
+    "CHAPTER", "CONFIDENT", "OPTIMIZERS", "check_parameters", "load_vit_sae", "measure_quality", "summary", "measure_features", "choose",
     "features_html", "run_settings", "label_histogram", "FeatureRun", "run_feature", "run_line", "runs_html",
     "label_lines", "realism_lines", "chapter_metrics",
 ]
@@ -49,6 +50,44 @@ CHAPTER = "sae"  # this chapter's key in the worlds' defaults (equidiff.worlds.s
 CONFIDENT = 0.9  # judge confidence that counts as "looks like a digit" (as the zoo's quality_gate)
 NO_FILES = "the world's images are built in, not read from files"
 NO_CONVERGED = "no sample reached τ within the step budget"
+OPTIMIZERS = ("newton", "adam", "sgd")
+
+
+def check_parameters(p: dict) -> None:
+    """The notebook's parameters (``notebooks/03_sae.ipynb``), each checked by its own name before any world
+    is loaded or SAE trained. What depends on the world (a layer's or feature's range, the concept sets,
+    the paper parameters) is checked where the world is known: :func:`load_world`, :func:`choose`."""
+    check_choice("profile", p["profile"], tuple(world_names()))
+    check_int("seed", p["seed"], 0)
+    check_int("layer", p["layer"], 0, none=True, why="a ViT block")
+    check_choice("sae_kind", p["sae_kind"], SAE_KINDS, none=True)
+    check_int("expansion", p["expansion"], 1, none=True, why="d_sae = expansion × d_in")
+    check_int("sae_steps", p["sae_steps"], 1, none=True, why="SAE training steps")
+    check_reduce(p["readout"], "readout", per_image=True)
+    check_index_list("features", p["features"], allowed="a non-empty list of distinct feature integers ≥ 0")
+    check_int("n_features", p["n_features"], 1, why="features 'auto' picks")
+    if p["concept_set"] is not None and not isinstance(p["concept_set"], str):
+        raise bad("concept_set", p["concept_set"], "None or a concept set's name: 'digits', 'strokes' or 'all'")
+    check_num("min_rate", p["min_rate"], 0, 1, hi_open=True, why="a share of the images")
+    check_num("max_rate", p["max_rate"], 0, 1, lo_open=True, why="a share of the images")
+    if p["min_rate"] > p["max_rate"]:
+        raise bad("min_rate", p["min_rate"], f"at most max_rate = {p['max_rate']!r}")
+    check_choice("objective", p["objective"], ("feature", "code"))
+    check_int("n_samples", p["n_samples"], 1, none=True, why="invariant samples per feature")
+    check_int("steps", p["steps"], 0, none=True, why="the step budget B")
+    check_num("tau", p["tau"], 0, lo_open=True, why="the loss threshold τ")
+    check_choice("optimizer", p["optimizer"], OPTIMIZERS)
+    if p["optimizer"] == "newton" and p["objective"] == "code":
+        raise bad("optimizer", "newton", "'adam' or 'sgd' for objective 'code' (newton needs one value, "
+                                         "objective 'feature')")
+    check_num("lr", p["lr"], 0, lo_open=True)
+    check_num("lowpass_cutoff", p["lowpass_cutoff"], 0, 1, lo_open=True, none=True, why="a fraction of Nyquist")
+    if p["optimizer"] == "newton" and p["lowpass_cutoff"] is not None:
+        raise bad("optimizer", "newton", "'adam' or 'sgd' when lowpass_cutoff is set (newton takes no filtered term)")
+    check_int("ddim_steps", p["ddim_steps"], 1, none=True, why="DDIM steps T of the prior")
+    if p["vit_preset"] is not None and (not isinstance(p["vit_preset"], str) or not p["vit_preset"]):
+        raise bad("vit_preset", p["vit_preset"], "None or the name of a zoo ViT preset")
+    check_folder("output_dir", p["output_dir"])
 
 # the capability each per-feature figure needs (World.with_reasons: None + <field>_reason where it is lacking)
 FEATURE_NEEDS = {
