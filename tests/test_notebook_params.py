@@ -160,9 +160,11 @@ def test_every_parameter_of_every_notebook_has_a_bad_value_tried():
 
 
 def test_messages_name_the_parameter_not_an_internal_argument():
-    with pytest.raises(ValueError, match=r"^n_invariant must be an integer ≥ 1 \(invariant points per query\), got -5$"):
+    with pytest.raises(ValueError, match=r"^n_invariant must be an integer ≥ 1 \(invariant points per query\), "
+                                         r"got -5$"):
         _check("01_circles", n_invariant=-5)
-    with pytest.raises(ValueError, match=r"^ddim_steps must be an integer ≥ 1 \(DDIM steps of the 2D prior\), got 0$"):
+    with pytest.raises(ValueError, match=r"^ddim_steps must be an integer ≥ 1 \(DDIM steps of the 2D prior\), "
+                                         r"got 0$"):
         _check("01_circles", ddim_steps=0)
     with pytest.raises(ValueError, match=r"^query_points must be a non-empty list of points \[x, y\], got \[\]$"):
         _check("01_circles", query_points=[])

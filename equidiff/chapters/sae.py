@@ -41,7 +41,8 @@ from equidiff.sae import (SAE_KINDS, FeatureTable, SelectedFeature, ViTSAE, chec
 from equidiff.worlds import world_names
 
 __all__ = [
-    "CHAPTER", "CONFIDENT", "OPTIMIZERS", "check_parameters", "load_vit_sae", "measure_quality", "summary", "measure_features", "choose",
+    "CHAPTER", "CONFIDENT", "OPTIMIZERS", "check_parameters", "load_vit_sae", "measure_quality", "summary",
+    "measure_features", "choose",
     "features_html", "run_settings", "label_histogram", "FeatureRun", "run_feature", "run_line", "runs_html",
     "label_lines", "realism_lines", "chapter_metrics",
 ]
