@@ -146,3 +146,25 @@ def test_applications_notebook_smoke_metrics(built_book):
     for name in ("world.png", "reliance.png", "samples_shortcut.png", "samples_control.png", "shares.png",
                  "selection_shortcut.png", "selection_circles.png", "selection_neuron.png"):
         assert (out / name).stat().st_size > 5_000
+
+
+def _without_timing(d):
+    """A metrics record without its wall-clock figures (the only values a rerun may change)."""
+    if isinstance(d, dict):
+        return {k: _without_timing(v) for k, v in d.items() if k not in ("seconds", "train_seconds")}
+    if isinstance(d, list):
+        return [_without_timing(v) for v in d]
+    return d
+
+
+@pytest.mark.book
+def test_a_smoke_chapter_run_twice_says_the_same(built_book, tmp_path):
+    """The classifier chapter executed again from scratch (force) writes the same metrics.json."""
+    book, _ = built_book
+    again = tmp_path / "book"
+    shutil.copytree(ROOT / "book", again, ignore=shutil.ignore_patterns("_build", "_generated", "_extra"))
+    build.execute_notebooks(again, profile="smoke", only=["04_classifier"], force=True)
+    first = json.loads((book / "_generated" / "04_classifier" / "metrics.json").read_text())
+    second = json.loads((again / "_generated" / "04_classifier" / "metrics.json").read_text())
+    first["parameters"].pop("output_dir"), second["parameters"].pop("output_dir")  # the two runs' own folders
+    assert _without_timing(first) == _without_timing(second)
