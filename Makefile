@@ -1,6 +1,8 @@
 # Two user-facing commands (see README):
 #   make book   install into .venv if needed, execute every notebook with papermill, build the HTML book
 #   make test   install into .venv if needed, run the test suite (CI runs exactly this)
+#   make models retrain every shipped model in data/models from its recipe, gate it, rewrite its card
+#               (maintainers only: ~1 h on 2 CPU cores; the book and the tests load the committed ones)
 # Everything else here is a helper of those two.
 
 PYTHON ?= python3
@@ -10,7 +12,7 @@ STAMP  := $(VENV)/.installed
 # Executed notebooks and their metrics/figures land in book/_generated; the book reads them.
 PYTEST_ARGS ?= -m "not slow and not gpu"
 
-.PHONY: book test notebooks html venv clean
+.PHONY: book test notebooks html venv clean models
 
 venv: $(STAMP)
 
@@ -28,6 +30,9 @@ html: $(STAMP)
 	$(PY) -m equidiff.build html --book book
 
 book: notebooks html
+
+models: $(STAMP)
+	$(PY) -m equidiff.worlds.digits.ship --retrain
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -1,6 +1,14 @@
-"""Where trained models live: ``<cache root>/<name>-<hash of config>/``, weights as safetensors.
+"""Where trained models live: ``<root>/<name>-<hash of config>/``, weights as safetensors.
 
-The root is ``$EQUIDIFF_CACHE`` if set, else ``data/cache`` in the repository. A model is
+**Shipped models.** The embedded world's models that the book and the tests load are trained once
+by ``make models`` and committed in ``data/models/`` (each folder with its ``MODEL_CARD.md``;
+``data/models/manifest.json`` lists them with their files' sha256). A folder name found there (or
+listed in the manifest) is always loaded from there (:func:`resolve`): it is never retrained behind
+the reader's back, and a missing or damaged one stops with a :class:`CacheError` that names the file
+and says how to restore it (``git checkout``) or retrain it (``make models``).
+
+**The cache.** Every other model (the tiny test presets, a config a reader changed) lives under the
+cache root: ``$EQUIDIFF_CACHE`` if set, else ``data/cache`` in the repository. A model is
 trained at most once per config: the hash covers the config and a code version, so changing
 either retrains into a new folder and never loads stale weights.
 
@@ -37,13 +45,17 @@ from typing import Iterator
 import torch
 from safetensors.torch import load_file, save_file
 
-__all__ = ["cache_root", "config_hash", "model_dir", "atomic_folder", "write_json", "save_state", "load_state",
+__all__ = ["SHIPPED", "MANIFEST", "RETRAIN", "shipped_manifest", "is_shipped", "resolve", "shipped_hint",
+           "missing_shipped", "cache_root", "config_hash", "model_dir", "atomic_folder", "write_json", "save_state", "load_state",
            "load_or_train", "CacheError", "RECORD", "sha256_file", "file_hashes", "write_record", "check_folder",
            "loading", "seal", "rebuild_hint"]
 
 RECORD = "config.json"  # the record of a cache folder: its config, training info and the sha256 of its other files
 
 _REPO = Path(__file__).resolve().parent.parent
+SHIPPED = _REPO / "data" / "models"  # the embedded world's trained models, committed with their cards (make models)
+MANIFEST = "manifest.json"  # in SHIPPED: the folders the default path needs, with the sha256 of their files
+RETRAIN = "make models"  # the command that retrains every shipped model from its recipe
 
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -60,7 +72,52 @@ def config_hash(config, version: str = "1") -> str:
 
 
 def model_dir(name: str, config, version: str = "1", cache_dir=None) -> Path:
-    return cache_root(cache_dir) / f"{name}-{config_hash(config, version)}"
+    return resolve(f"{name}-{config_hash(config, version)}", cache_dir)
+
+
+def shipped_manifest() -> dict:
+    """``{folder name: entry}`` of the shipped models (``data/models/manifest.json``); {} when there is none."""
+    path = SHIPPED / MANIFEST
+    if not path.is_file():
+        return {}
+    try:
+        return dict(json.loads(path.read_text())["models"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CacheError(f"the shipped models' manifest {path} cannot be read ({e}); restore it with "
+                         f"`git checkout -- {path.relative_to(_REPO)}` or rebuild it with `{RETRAIN}`") from e
+
+
+def is_shipped(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` is a shipped model's folder (under ``data/models``)."""
+    return Path(folder).parent.resolve() == SHIPPED.resolve()
+
+
+def resolve(folder_name: str, cache_dir=None) -> Path:
+    """Where the model folder ``folder_name`` lives: under ``cache_dir`` when one is given; else the
+    shipped copy in ``data/models`` when there is one (or the manifest lists it: then a missing folder
+    is an error, never a silent retraining); else under the cache root (:func:`cache_root`)."""
+    if cache_dir is not None:
+        return Path(cache_dir) / folder_name
+    if (SHIPPED / folder_name).is_dir() or folder_name in shipped_manifest():
+        return SHIPPED / folder_name
+    return cache_root() / folder_name
+
+
+def shipped_hint(folder: str | os.PathLike) -> str:
+    """What repairs a shipped model folder: git restores the committed files, ``make models`` retrains them."""
+    folder = Path(folder)
+    try:
+        rel = folder.resolve().relative_to(_REPO)
+    except ValueError:
+        rel = folder
+    return (f"restore the shipped files with `git checkout -- {rel}`, or retrain every shipped model from "
+            f"its recipe with `{RETRAIN}`")
+
+
+def missing_shipped(folder: str | os.PathLike) -> CacheError:
+    """The error for a shipped model folder that is not there."""
+    return CacheError(f"the shipped model {folder} is missing (data/models/{MANIFEST} lists it); "
+                      f"{shipped_hint(folder)}")
 
 
 class CacheError(RuntimeError):
@@ -106,7 +163,10 @@ def atomic_folder(folder: str | os.PathLike, record: str = RECORD) -> Iterator[P
 
 
 def rebuild_hint(folder: str | os.PathLike, how: str = "the next call trains it again") -> str:
-    """What rebuilds a cache folder: deleting it; ``how`` says what then retrains it."""
+    """What rebuilds a cache folder: deleting it (``how`` says what then retrains it); for a shipped
+    model, restoring it from git or ``make models``."""
+    if is_shipped(folder):
+        return shipped_hint(folder)
     return f"delete the folder {folder} and rerun: {how}"
 
 
@@ -237,6 +297,8 @@ def load_or_train(name: str, config, version: str, module: torch.nn.Module, trai
     damaged, truncated or incomplete folder raises :class:`CacheError` instead of loading or retraining.
     """
     folder = model_dir(name, config, version, cache_dir)
+    if cache_dir is None and is_shipped(folder) and not folder.is_dir():
+        raise missing_shipped(folder)
     if folder.is_dir() and any(folder.iterdir()):  # load_state verifies it (an empty folder is retrained)
         info = load_state(module, folder, rebuild_hint(folder, f"the next call trains {name} again"))
         return module.eval(), {k: v for k, v in info.items() if k not in ("config", "sha256")}

@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
+import platform
+from pathlib import Path
 from typing import Callable
 
 import torch
 from tqdm import tqdm  # text bar: tqdm.auto wants ipywidgets in a notebook and warns without it
 
-__all__ = ["Batches", "deterministic", "lr_lambda", "progress_bar"]
+__all__ = ["Batches", "deterministic", "lr_lambda", "progress_bar", "machine", "save_checkpoint", "load_checkpoint"]
 
 
 class Batches:
@@ -67,3 +70,47 @@ def lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
 def progress_bar(total: int, desc: str, enabled: bool):
     """A tqdm text bar over ``total`` steps, or a silent one when ``enabled`` is False."""
     return tqdm(total=total, desc=desc, disable=not enabled, mininterval=1.0)
+
+
+def machine() -> dict:
+    """The machine a model is trained or measured on: CPU model, cores, threads, library versions."""
+    import diffusers
+    import timm
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "python": platform.python_version(), "torch": torch.__version__, "diffusers": diffusers.__version__,
+            "timm": timm.__version__}
+
+
+def save_checkpoint(path, state: dict) -> None:
+    """Write a training run's whole state (tensors and plain values) atomically: a run killed while
+    saving keeps the previous checkpoint."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path, identity: dict):
+    """The state saved by :func:`save_checkpoint` at ``path`` (None when there is none), refused unless its
+    ``"identity"`` equals ``identity`` (the config and code version it belongs to)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated or damaged: name it, never train on from garbage
+        raise RuntimeError(f"training checkpoint {path} cannot be loaded ({type(e).__name__}: {e}); "
+                           f"delete it to train from the start") from e
+    if state.get("identity") != identity:
+        raise ValueError(f"training checkpoint {path} belongs to another config or code version; "
+                         f"delete it to train this config from the start")
+    return state

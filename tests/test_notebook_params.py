@@ -21,12 +21,12 @@ import papermill as pm
 import pytest
 
 from equidiff.build import PROFILES
-from equidiff.chapters import applications, circles, classifier, neurons, sae
+from equidiff.chapters import applications, circles, classifier, neurons, sae, world
 from equidiff.report.record import KERNEL_NAMES, check_notebook_parameters, notebook_defaults
 
 ROOT = Path(__file__).resolve().parent.parent
 NAN = float("nan")
-CHECKS = {"01_circles": circles.check_parameters, "02_neurons": neurons.check_parameters,
+CHECKS = {"00_world": world.check_parameters, "01_circles": circles.check_parameters, "02_neurons": neurons.check_parameters,
           "03_sae": sae.check_parameters, "04_classifier": classifier.check_parameters,
           "05_applications": applications.check_parameters}
 
@@ -103,6 +103,10 @@ def test_missing_notebook_or_parameter():
 
 # (notebook, parameter, bad value): every one must raise ValueError naming the parameter
 BAD = {
+    "00_world": [
+        ("seed", -1), ("n_samples", 5), ("n_samples", "many"), ("ddim_steps", 0), ("profile", "paper"),
+        ("output_dir", ""),
+    ],
     "01_circles": [
         ("seed", -1), ("seed", 1.5), ("query_points", []), ("query_points", "0.5,0.3"), ("query_points", [[0.1]]),
         ("query_points", [[NAN, 0.0]]), ("query_points", [[9.0, 0.0]]), ("n_invariant", -5), ("n_invariant", "many"),
@@ -184,6 +188,8 @@ def test_messages_name_the_parameter_not_an_internal_argument():
 
 # (notebook, kind, parameter given, value, the parameter the error must name)
 PAPERMILL = [
+    ("00_world", "out of range", "n_samples", 5, "n_samples"),
+    ("00_world", "unknown name", "n_sample", 50, "n_samples"),
     ("01_circles", "wrong type", "n_invariant", "many", "n_invariant"),
     ("01_circles", "out of range", "n_invariant", -5, "n_invariant"),
     ("01_circles", "out of range", "ddim_steps", 0, "ddim_steps"),

@@ -162,8 +162,8 @@ def evaluate_sae(sae: SparseAutoencoder, tokens: torch.Tensor, batch: int = 4096
 def quality_report(vit: nn.Module, layer: int, sae: SparseAutoencoder, images: torch.Tensor,
                    dead_images: Optional[torch.Tensor] = None, batch: int = 256) -> dict:
     """The SAE's quality: variance explained and mean L0 on every token of ``images`` (the digits world:
-    its 360 held-out test digits), dead-feature fraction over every token of ``dead_images`` (the digits
-    world: its 1,437 training digits; default or the same tensor: ``images``' tokens)."""
+    its 1,000 held-out test digits), dead-feature fraction over every token of ``dead_images`` (the digits
+    world: its 4,000 training digits; default or the same tensor: ``images``' tokens)."""
     check_compatible(sae, vit, layer)
     t = collect_activations(vit, images, layer, batch)  # (N, T, d_in)
     q = evaluate_sae(sae, t.reshape(-1, t.shape[-1]))

