@@ -3,15 +3,18 @@ metrics rows, the reference row, cutoff curves, table — for a world with label
 images (the smoke digits world) and for one without them (the same world with its labels,
 test split and guidance taken away, as the paper world lacks them)."""
 
+import ast
 import dataclasses
 
 import pytest
 import torch
 
-from equidiff.chapters import classifier as O
+from equidiff.chapters import classifier as O, classifier_prose as P
 from equidiff.core.invariants import InvariantConfig, InvariantResult
 from equidiff.core.metrics import classifier_features, diversity, feature_fid
+from equidiff.report.glue import Text
 from equidiff.worlds import load_world
+from equidiff.worlds.settings import SETTINGS
 
 
 @pytest.fixture(scope="module")
@@ -54,9 +57,11 @@ def test_resolvers_and_their_errors(world, bare):
     # a world without a pixel chain: "all" is every method it supports; guidance by name is refused
     assert O.resolve_methods("all", bare) == ["equidiff", "equidiff_no_lowpass", "pixel", "pixel_fourier"]
     with pytest.raises(ValueError, match=r"methods must be 'all' or names among \('equidiff', .*'pixel_fourier'\) "
-                                         r"in world 'bare' \(guidance needs .*: no pixel chain here\), got \['guidance'\]"):
+                                         r"in world 'bare' \(guidance needs .*: no pixel chain here\), "
+                                         r"got \['guidance'\]"):
         O.resolve_methods(["guidance"], bare)
-    with pytest.raises(ValueError, match=r"mode must be 'both', one of \('class_probability', 'distribution'\), or a list"):
+    with pytest.raises(ValueError, match=r"mode must be 'both', one of \('class_probability', 'distribution'\), "
+                                         r"or a list"):
         O.resolve_modes("logits")
     with pytest.raises(ValueError, match=r"methods must be 'all' or a list of distinct names among"):
         O.resolve_methods(["pixel", "pixel"])
@@ -112,15 +117,18 @@ def test_query_and_objectives(world, bare):
     assert O.make_objective(clf, "class_probability", q.label)(x[:3]).shape == (3, 1)
     p = O.make_objective(clf, "distribution", q.label)(x[:3])
     assert p.shape == (3, 10) and torch.allclose(p.sum(1), torch.ones(3))
-    with pytest.raises(ValueError, match=r"query_index must be an integer in \[0, 359\] \(the 360 held-out digits\), got 360"):
-        O.load_query(world, 360)
+    n = len(world.test_images)
+    with pytest.raises(ValueError, match=rf"query_index must be an integer in \[0, {n - 1}\] "
+                                         rf"\(the {n} held-out digits\), got {n}"):
+        O.load_query(world, n)
     with pytest.raises(ValueError, match=r"mode must be one of \('class_probability', 'distribution'\), got 'logits'"):
         O.make_objective(clf, "logits", 0)
     # no labels, no held-out images: the query is one of the world's images, its class the classifier's
     qb = O.load_query(bare, 3)
     assert torch.equal(qb.image, bare.images[3:4]) and qb.label == qb.predicted and qb.label_source == "classifier"
     assert qb.source == "img03.png" and "(img03.png), by the classifier a" in qb.describe()
-    with pytest.raises(ValueError, match=r"query_index must be an integer in \[0, 39\] \(the 40 images of world 'bare'\)"):
+    with pytest.raises(ValueError, match=r"query_index must be an integer in \[0, 39\] "
+                                         r"\(the 40 images of world 'bare'\)"):
         O.load_query(bare, 40)
 
 
@@ -197,7 +205,7 @@ def test_run_methods_evaluate_and_metrics(world):
     assert [r["name"] for r in rows] == list(O.METHODS) and all(0 <= r["success_rate"] <= 1 for r in rows)
     ref = O.reference_row(world, q, n=4)
     html = O.table_html(world, rows, ref, 0.01, 0.5)
-    for label in list(O.METHOD_LABELS.values()) + ["real digits (reference)", "360 held-out digits"]:
+    for label in [*O.METHOD_LABELS.values(), "real digits (reference)", f"{len(world.test_images)} held-out digits"]:
         assert label in html
     curves = {"class_probability": O.cutoff_curves(world, q, runs, [0.3, 0.6])}
     m = O.chapter_metrics({"class_probability": runs}, curves, ref, q, **s.record())
@@ -242,3 +250,84 @@ def test_run_methods_rejects_a_bad_mode(world):
     q = O.load_query(world, 0)
     with pytest.raises(ValueError, match=r"mode must be one of"):
         O.run_methods(world, q, "both", _settings(world, methods=["pixel"]))
+
+
+def test_prose_helpers():
+    assert P.per_constraint([0.5, 0.25], ".2f") == "0.50 / 0.25"
+    assert P.per_constraint([None, 0.25], ".2f") == "– / 0.25"
+    assert P.per_constraint([None, float("nan")], ".2f") == "–" and P.per_constraint([3], "d") == "3"
+    cuts = [0.1, 0.2, 0.3, 0.4]
+    assert P.intact_from([0.9, 0.01, 0.2, 0.01], cuts) == 0.4  # a dip below the bound does not count
+    assert P.intact_from([0.9, 0.3, 0.01, 0.0], cuts) == 0.3 and P.intact_from([0.0, 0.0, 0.0, 0.5], cuts) is None
+    # 16×16: c keeps k ≤ 8c; 0.5 and 0.6 are one filter, 0.1 only the mean
+    bands = P.filter_bands(16, 16, [0.1, 0.2, 0.5, 0.6, 1.0])
+    assert bands == ("c = 0.1 keeps k = 0 (only the mean grey level); c = 0.2 keeps k ≤ 1; "
+                     "c = 0.5 and 0.6 keep k ≤ 4; c = 1 keeps k ≤ 8")
+
+
+@pytest.fixture(scope="module")
+def chapter_run(world):
+    """Both constraints, every method, smoke-size budgets: what the notebook hands prose_values."""
+    s = _settings(world, steps=3, cutoffs=[0.1, 0.3, 0.4, 0.6, 0.9])
+    q = O.load_query(world, 2)
+    runs = {m: O.run_methods(world, q, m, s) for m in s.modes}
+    for m in s.modes:
+        O.evaluate(runs[m], world, q, tau=s.tau, lowpass_cutoff=s.lowpass_cutoff)
+    curves = {m: O.cutoff_curves(world, q, runs[m], s.cutoffs) for m in s.modes}
+    return s, q, runs, curves, O.reference_row(world, q, s.n_samples, s.seed)
+
+
+def test_prose_values_state_what_the_run_measured(world, chapter_run):
+    s, q, runs, curves, ref = chapter_run
+    v = P.prose_values(world, q, s, runs, curves, ref)
+    assert all(isinstance(x, (int, float, Text)) and not isinstance(x, bool) for x in v.values())
+    per_method = [f"{k}_{m}" for m in P.SHORT.values() for k in ("success", "lpsuccess", "hf", "hfratio", "fid", "div",
+                                                                 "time", "l2lp", "same", "steps", "intact", "below",
+                                                                 "gapreal")]
+    assert set(per_method) <= set(v)
+    rows = {m: {n: r.row for n, r in runs[m].items()} for m in runs}
+    cp, dist = rows["class_probability"], rows["distribution"]
+    # the run's own numbers, a / b for the two constraints
+    assert v["success_pixel"] == f"{cp['pixel']['success_rate']:.2f} / {dist['pixel']['success_rate']:.2f}"
+    assert v["fid_equidiff"] == f"{cp['equidiff']['fid']:.1f} / {dist['equidiff']['fid']:.1f}"
+    assert v["success_min"] == min(r["success_rate"] for d in rows.values() for r in d.values())
+    full = {P.PROSE_LABELS[n] for n, r in cp.items() if r["success_rate"] == 1.0}
+    assert (v["all_in_cp"] == "no method") == (not full) and all(lab in v["all_in_cp"] for lab in full)
+    missed = [round((1 - d["guidance"]["success_rate"]) * d["guidance"]["n"]) for d in (cp, dist)]
+    assert v["guidance_missed"] == f"{missed[0]} / {missed[1]}"
+    # the world and the query, not the numbers of an older run
+    x, y = world.test_images, world.test_labels
+    with torch.no_grad():
+        p = torch.softmax(world.classifier(x), 1)
+    assert v["n_heldout"] == len(x) and v["n_classes"] == 10 and v["image_size"] == "16×16"
+    assert v["accuracy"] == pytest.approx(float((p.argmax(1) == y).float().mean()))
+    assert v["ambiguous_index"] == int(p.max(1).values.argmin())
+    assert v["query_p"] == pytest.approx(q.p_true) and v["query_class"] == str(q.label)
+    assert v["rest_vs_radius"] == ("below" if 1 - q.p_true < s.tau ** 0.5 else "above")
+    assert v["n_real_same"] == int((world.labels == q.label).sum()) and v["c_below"] == 0.4
+    c = P.intact_from(curves["class_probability"]["query"], s.cutoffs)
+    assert v["intact_query"] == (f"{c:g}" if c is not None else "none")
+    assert v["dev_real_below"] == pytest.approx(curves["class_probability"]["real_same_class"]["mean"][2])
+    assert v["hf_real"] == pytest.approx(ref["high_freq_share"]) and v["fid_floor"] == pytest.approx(ref["fid"])
+    # no text myst-nb would read back as a Python literal ("0.100" -> 0.1, "32, 150, 10" -> a tuple)
+    for key, x in v.items():
+        if isinstance(x, Text):
+            try:
+                ast.literal_eval(x)
+            except (ValueError, SyntaxError):
+                continue
+            assert str(ast.literal_eval(x)) == x, (key, x)
+    cpu = SETTINGS["cpu"]["classifier"]
+    assert v["defaults_cpu"] == f"{cpu['n_samples']}, {cpu['steps']} and {cpu['ddim_steps']}"
+    assert v["cutoffs"] == "0.1, 0.3, 0.4, 0.6 and 0.9"
+
+
+def test_prose_values_say_what_was_not_run(world, chapter_run):
+    s, q, runs, curves, ref = chapter_run
+    full = P.prose_values(world, q, s, runs, curves, ref)
+    one = {"distribution": {n: r for n, r in runs["distribution"].items() if n != "guidance"}}
+    v = P.prose_values(world, q, s, one, {"distribution": curves["distribution"]}, ref)
+    assert set(v) == set(full)  # the prose's keys never go missing: the book build would fail
+    assert v["success_guidance"] == "–" and v["guidance_missed"] == "–" and v["all_in_cp"] == "–"
+    assert v["below_guidance"] == "–" and v["intact_guidance"] == "–"
+    assert v["success_equidiff"] == f"{runs['distribution']['equidiff'].row['success_rate']:.2f}"  # one value

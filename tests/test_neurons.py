@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from equidiff.chapters import neurons
+from equidiff.chapters import neurons, neurons_prose
 from equidiff.core import units
 from equidiff.core.metrics import l1_l2
 from equidiff.core.objectives import neuron_map
@@ -305,6 +305,46 @@ def test_run_all_from_an_unguarded_script_says_what_to_do(tiny, tmp_path):
     assert "must sit under `if __name__ == '__main__':`" in done.stderr and "workers=1" in done.stderr
 
 
+def _shown(value) -> str:
+    """What ``{glue:text}`key``` shows for a glued value (myst-nb reads glued text through literal_eval)."""
+    from myst_nb.core.variables import format_plain_text
+
+    return format_plain_text(str(value), "")
+
+
+def test_prose_values_state_what_the_run_found(tiny):
+    from equidiff.worlds.digits.recipes import classifier_accuracy
+
+    world, table = tiny
+    chosen = neurons.select_neurons(table, 2)
+    settings = neurons.neuron_settings(world, n_samples=3, steps=2, ddim_steps=2, restart_after=1)
+    runs = neurons.run_all(world, table, chosen, workers=1, progress=False, **settings)
+    top = neurons.top_image_rows(world, table, chosen, n=4)
+    v = neurons_prose.prose_values(world, table, chosen, runs, settings, top, workers=1, runs_seconds=1.5)
+    assert all(isinstance(x, (int, float, str)) for x in v.values())  # what glue_all takes
+    assert _shown(v["neuron_ids"]) == f"#{chosen[0].channel} and #{chosen[1].channel}"
+    assert v["n_images"] == len(world.images) and v["n_test"] == len(world.test_images)
+    assert v["n_channels"] == table.n_channels and v["n_map_values"] == 16 and _shown(v["map_shape"]) == "4×4"
+    assert _shown(v["test_accuracy"]) == f"{classifier_accuracy(world.classifier, 'test'):.3f}"
+    assert _shown(v["digit_r_max"]) == f"{table.scores[:, :10].max():.2f}"
+    # counts agree with the runs
+    conv = [int(r.result.converged.sum()) for r in runs]
+    assert v["n_total"] == 6 and v["n_converged"] == sum(conv) and v["n_converged"] + v["n_unconverged"] == 6
+    assert _shown(v["restart_list"]) == " and ".join(str(r.metrics["n_restarted"]) for r in runs)
+    assert v["n_restarted_total"] == sum(int((r.result.restarts > 0).sum()) for r in runs)
+    same = [int((r.predicted == r.query_label).sum()) for r in runs]
+    assert _shown(v["same_class_counts"]) == f"{same[0]} and {same[1]}"
+    words = [("above" if r.metrics["diversity"] > r.metrics["diversity_same_class_reference"] else "below")
+             for r in runs]
+    assert _shown(v["diversity_words"]) == " and ".join(words)
+    modes = [np.bincount(row["labels"].numpy()).argmax() for row in top]
+    assert _shown(v["top_labels"]) == f"'{modes[0]}' and '{modes[1]}'"
+    assert _shown(v["runs_seconds"]) == "2" and _shown(v["chapter_seconds"]) == "–" and v["n_workers"] == 1
+    assert v["value_tol"] == pytest.approx((0.01 / 16) ** 0.5)
+    with pytest.raises(ValueError, match="prose_values needs at least one neuron's run"):
+        neurons_prose.prose_values(world, table, chosen, [], settings, top)
+
+
 # ------------------------------------------------------------------ the paper world, tiny random models
 
 
@@ -351,3 +391,16 @@ def test_paper_world_runs_the_same_protocol(paper_world):
     html = neurons.table_html(world, runs, 0.01)
     assert "real-image floor" not in html and html.count("<tr>") == 3
     assert neurons.sample_summaries(runs)[0].endswith("(no same-class reference)")
+
+
+def test_prose_values_say_what_the_paper_world_cannot_measure(paper_world):
+    world, table = paper_world
+    chosen = neurons.choose_neurons(world, table, "auto")[:1]
+    settings = neurons.neuron_settings(world, n_samples=2, steps=1)
+    runs = neurons.run_all(world, table, chosen, workers=1, progress=False, **settings)
+    v = neurons_prose.prose_values(world, table, chosen, runs, settings, neurons.top_image_rows(world, table, chosen))
+    assert _shown(v["test_accuracy"]) == "not measured" and v["n_test"] == 0
+    assert _shown(v["digit_r_mean"]) == "–" and _shown(v["digits_vs_strokes"]) == "not compared with"
+    assert _shown(v["diversity_words"]) == "not compared" and _shown(v["diversity_ref_list"]) == "–"
+    assert _shown(v["chosen_list"]) == f"#{chosen[0].channel} ({chosen[0].concept}, r = not known)"
+    assert _shown(v["neuron_ids"]) == f"#{chosen[0].channel}" and v["n_channels"] == 32

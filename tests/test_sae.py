@@ -6,6 +6,7 @@ Everything runs on the tiny presets in a temporary cache (seconds)."""
 
 import dataclasses
 import json
+import math
 
 import numpy as np
 import pytest
@@ -173,9 +174,11 @@ def _ok_cfg():
      r"tensor 'W_enc' has shape \(16, 8\), but cfg.json \(d_in=8, d_sae=16\) needs \(8, 16\)"),
     (lambda c, t: c.pop("d_sae"), r"key 'd_sae' \(or Prisma's 'expansion_factor'\) must be an integer ≥ 1, got None"),
     (lambda c, t: c.update(d_in="64"), r"key 'd_in' must be an integer ≥ 1, got '64'"),
-    (lambda c, t: c.update(architecture="jumprelu"), r"architecture 'jumprelu' with activation 'relu' is not supported"),
+    (lambda c, t: c.update(architecture="jumprelu"),
+     r"architecture 'jumprelu' with activation 'relu' is not supported"),
     (lambda c, t: c.update(architecture="topk"), r"a TopK SAE needs key 'k'"),
-    (lambda c, t: t.update(threshold=torch.zeros(16)), r"holds tensor\(s\) \['threshold'\] this loader does not understand"),
+    (lambda c, t: t.update(threshold=torch.zeros(16)),
+     r"holds tensor\(s\) \['threshold'\] this loader does not understand"),
     (lambda c, t: c.update(normalize_activations="layer_norm"), r"normalize_activations must be 'none'"),
 ])
 def test_loader_names_the_missing_or_mismatched_key(tmp_path, change, message):
@@ -269,7 +272,8 @@ def test_sae_training_is_deterministic_and_learns(tiny):
     x, _ = zoo.load_digits16("test")
     tokens = S.collect_activations(vit, x, LAYER).reshape(-1, 16)
     assert S.evaluate_sae(a, tokens)["variance_explained"] > S.evaluate_sae(short, tokens)["variance_explained"]
-    assert info["n_tokens"] == 1437 * 17  # one view of every training digit, 16 patches + class token
+    n_train = len(zoo.load_digits16("train")[0])
+    assert info["n_tokens"] == n_train * 17  # one view of every training digit, 16 patches + class token
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -294,7 +298,8 @@ def test_layer_and_compatibility_errors(tiny, tmp_path):
     wide = _random_sae(d_in=32, d_sae=64)
     with pytest.raises(ValueError, match=r"the SAE reads d_in=32 values per token, but vit.blocks.1 outputs 16"):
         S.sae_feature(vit, LAYER, wide, 0)
-    with pytest.raises(ValueError, match=r"features must be a feature index or a non-empty list of indices in \[0, 63\]"):
+    with pytest.raises(ValueError,
+                       match=r"features must be a feature index or a non-empty list of indices in \[0, 63\]"):
         S.sae_feature(vit, LAYER, trained.sae, [64])
     with pytest.raises(ValueError, match=r"reduce must be one of \('mean', 'max', 'cls', 'tokens'\)"):
         S.sae_code(vit, LAYER, trained.sae, reduce="sum")
@@ -397,7 +402,8 @@ def test_choice_without_concept_labels_takes_the_most_active_features():
 def test_feature_table_on_the_tiny_vit(tiny):
     _, _, trained = tiny
     x, y = zoo.load_digits16("test")
-    table = S.feature_table(trained.vit.model, LAYER, trained.sae, x[:50], y[:50], concepts=concept_labels(x[:50], y[:50]))
+    table = S.feature_table(trained.vit.model, LAYER, trained.sae, x[:50], y[:50],
+                            concepts=concept_labels(x[:50], y[:50]))
     assert table.activations.shape == (50, 64) and table.selectivity.shape == (64, 14)
     mass = table.activations.double().sum(0).numpy()
     live = mass > 0
@@ -433,7 +439,8 @@ def _unlabelled(world):
     lacks = {"labels": "no labels here", "test_images": "no held-out images here", "judge": "no judge classifier here",
              "unit_concepts": "no concept labels here", "vit_classes": "the ViT's head names no classes here"}
     return dataclasses.replace(world, labels=None, test_images=None, test_labels=None, judge=None, concept_labels=None,
-                               concept_sets={}, lacks=lacks, image_files=[f"q{i}.png" for i in range(len(world.images))])
+                               concept_sets={}, lacks=lacks,
+                               image_files=[f"q{i}.png" for i in range(len(world.images))])
 
 
 def test_run_feature_on_tiny_models(smoke):
@@ -493,20 +500,23 @@ def test_the_same_functions_run_a_world_without_labels_judge_or_concepts(smoke):
               "lowpass_cutoff": None}
     loaded = dataclasses.replace(part, record={**part.record, "classifier": None, "vit_test_accuracy": None})
     metrics = C.chapter_metrics(bare, loaded, quality, [run], C.run_settings(bare), params, 1.0)
-    assert metrics["models"]["classifier"] is None and metrics["models"]["classifier_reason"] == "no judge classifier here"
+    assert metrics["models"]["classifier"] is None
+    assert metrics["models"]["classifier_reason"] == "no judge classifier here"
     assert metrics["models"]["vit_test_accuracy_reason"] == "no held-out images here"
     assert metrics["parameters"] == params and metrics["world"] == "smoke" and metrics["steps_budget"] == 3
 
 
 def test_chapter_parameters_are_checked_with_the_notebooks_names(smoke):
     world, part, table = smoke
-    with pytest.raises(ValueError, match=r"sae_kind must be None \(the world's\) or one of \('relu', 'topk'\), got 'gated'"):
+    with pytest.raises(ValueError,
+                       match=r"sae_kind must be None \(the world's\) or one of \('relu', 'topk'\), got 'gated'"):
         C.load_vit_sae(world, sae_kind="gated")
     with pytest.raises(ValueError, match=r"sae_steps must be None \(the world's\) or an integer ≥ 1, got 0"):
         C.load_vit_sae(world, sae_steps=0)
     with pytest.raises(ValueError, match=r"n_features must be an integer ≥ 1, got 0"):
         C.choose(world, part, table, "auto", n_features=0)
-    with pytest.raises(ValueError, match=r"n_features must be an integer in \[1, 10\] \(one feature per distinct concept"):
+    with pytest.raises(ValueError,
+                       match=r"n_features must be an integer in \[1, 10\] \(one feature per distinct concept"):
         C.choose(world, part, table, "auto", n_features=11)
     with pytest.raises(ValueError, match=r"concept_set must be one of \('all', 'digits', 'strokes'\), got 'shapes'"):
         C.choose(world, part, table, "auto", "shapes")
@@ -527,3 +537,69 @@ def test_the_digits_world_loads_its_sae_as_a_part(tiny):
     assert again is part  # loaded once per parameters
     cfg = S.SAETrainConfig(vit="digits-vit-tiny", layer=LAYER, train_steps=2)
     assert (root / part.record["sae_folder"]) == DS.sae_folder(cfg, trained.vit.path, root)
+
+
+def _glue_keys(notebook: str) -> set:
+    """The glue keys the markdown of ``notebooks/<notebook>.ipynb`` names (``{glue:text}`key:spec```)."""
+    import re
+    from pathlib import Path
+
+    nb = json.loads((Path(__file__).resolve().parent.parent / "notebooks" / f"{notebook}.ipynb").read_text())
+    text = "".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
+    return {m.split(":")[0] for m in re.findall(r"\{glue:text\}`([^`]+)`", text)}
+
+
+def _count(phrase: str) -> list[tuple[int, int]]:
+    """ "3 of 3 and 0 of 3" -> [(3, 3), (0, 3)]."""
+    import re
+
+    return [(int(a), int(b)) for a, b in re.findall(r"(\d+) of (\d+)", phrase)]
+
+
+def test_prose_values_state_what_the_run_found(smoke):
+    from equidiff.chapters import sae_prose as P
+
+    world, part, table = smoke
+    feats = [int(i) for i in torch.argsort(table.activations.sum(0), descending=True)[:2]]
+    chosen = S.choose_features(table, feats, DIGITS)
+    runs = [C.run_feature(world, part, table, s, n_samples=3, steps=2, ddim_steps=2, n_top=5, optimizer="newton",
+                          lr=0.5) for s in chosen]
+    quality = C.measure_quality(world, part)
+    params = {"seed": 0, "readout": "cls", "optimizer": "newton", "tau": 0.01}
+    v = P.prose_values(world, part, quality, runs, {"steps": 2, "n_samples": 3}, params)
+    missing = _glue_keys("03_sae") - set(v)
+    assert not missing, f"the SAE chapter's prose names glue keys prose_values does not give: {sorted(missing)}"
+    assert all(isinstance(x, (int, float, str)) for x in v.values())
+    # the data, the models and the SAE, as the run measured them
+    assert (v["n_train"], v["n_held_out"], v["image_side"]) == (len(world.images), len(world.test_images), 16)
+    assert (v["vit_width"], v["d_in"], v["d_sae"], v["n_tokens"]) == (16, 16, 64, 17)
+    assert v["n_patches"] * v["patch_size"] ** 2 == v["vit_input_side"] ** 2 == 16 * 16
+    assert v["vit_depth"] == 2 and v["sae_layer"] == LAYER
+    assert v["var_explained"] == quality["variance_explained"] and v["vit_accuracy"] == 0.5  # the part's record
+    # the features: ids, counts and the judge's labels, consistent with the runs
+    assert v["chosen_ids"] == f"#{feats[0]} and #{feats[1]}" and v["n_chosen"] == 2
+    assert v["n_total"] == 6 and v["n_converged"] == sum(int(r.result.converged.sum()) for r in runs)
+    classes = [C.concept_class(world, r.concept) for r in runs]
+    kept = [int((r.predicted == d).sum()) for r, d in zip(runs, classes)]
+    assert _count(v["kept"]) == [(k, 3) for k in kept]
+    assert _count(v["real_kept"]) == [(int((r.top_predicted == d).sum()), 5) for r, d in zip(runs, classes)]
+    assert v["n_off"] == 6 - sum(kept) and v["n_off_unsure"] + v["n_off_confident"] == v["n_off"]
+    assert v["n_off_unsure"] == sum(int(((r.predicted != d) & (r.confidence < C.CONFIDENT)).sum())
+                                    for r, d in zip(runs, classes))
+    for r, (k, n) in zip(runs, _count(v["top_labels"])):  # the most common label and how many samples carry it
+        assert n == 3 and k == int(torch.bincount(r.predicted).max())
+    assert v["n_spread"] == sum(r.metrics["sample_classes"] > r.metrics["real_classes"] for r in runs)
+    assert v["l2_vs_thesis"] in ("below", "above", "on both sides of")
+    assert (P.compare(1, 2), P.compare(2, 1), P.compare(1, 1)) == ("below", "above", "equal to")
+    # a world without labels, judge or concepts: what it cannot give reads "not measured", the rest is measured
+    bare = _unlabelled(world)
+    t = C.measure_features(bare, part, "cls")
+    run = C.run_feature(bare, part, t, C.choose(bare, part, t, [feats[0]])[0], n_samples=2, steps=1, ddim_steps=2,
+                        n_top=4)
+    w = P.prose_values(bare, part, C.measure_quality(bare, part), [run], {"steps": 1, "n_samples": 2}, params)
+    assert set(w) == set(v) and w["n_total"] == 2 and w["chosen_ids"] == f"#{feats[0]}"
+    for key in ("kept", "top_labels", "n_spread", "n_off", "concepts", "selectivities", "n_classes"):
+        assert w[key] == P.NOT_MEASURED, key
+    assert math.isnan(w["judge_accuracy"]) and math.isnan(w["chance_selectivity"]) and w["vit_accuracy"] == 0.5
+    with pytest.raises(ValueError, match="runs must hold at least one FeatureRun"):
+        P.prose_values(world, part, quality, [], {"steps": 2, "n_samples": 3}, params)

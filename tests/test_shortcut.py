@@ -190,7 +190,12 @@ def test_verdict():
     a = {"share": 0.2, "interval": [0.1, 0.3]}
     b = {"share": 0.02, "interval": [0.0, 0.05]}
     assert "do not overlap" in app.verdict({"shortcut": a, "control": b})
-    assert "overlap — this run cannot tell" in app.verdict({"shortcut": a, "control": {"share": 0.1, "interval": [0.05, 0.2]}})
+    near = {"share": 0.1, "interval": [0.05, 0.2]}
+    assert "overlap — this run cannot tell" in app.verdict({"shortcut": a, "control": near})
+    assert app.interval_reading({"shortcut": a, "control": near}) == "overlap"
+    nothing = {"share": float("nan"), "interval": [float("nan"), float("nan")]}  # no member: no interval
+    assert app.interval_reading({"shortcut": a, "control": nothing}) == "empty"
+    assert "has no member" in app.verdict({"shortcut": a, "control": nothing})
     assert "did not find" in app.verdict({"shortcut": b, "control": a})
 
 
@@ -216,3 +221,84 @@ def test_a_world_without_the_shortcut_part_says_so(smoke):
     bare = dataclasses.replace(smoke, loaders={k: v for k, v in smoke.loaders.items() if k != "shortcut"})
     with pytest.raises(ValueError, match=r"world 'smoke' has no part 'shortcut'"):
         bare.part("shortcut")
+
+
+def test_prose_readings():
+    from equidiff.chapters import applications_prose as prose
+
+    assert prose.reliance_reading({"marked_to_shortcut": 0.3}, {"marked_to_shortcut": 0.01}, 900, 3).startswith(
+        'shows the shortcut: the shortcut classifier calls more of the marked other-class digits a "3"')
+    assert prose.reliance_reading({"marked_to_shortcut": 0.01}, {"marked_to_shortcut": 0.3}, 900, 7).startswith(
+        "points the other way")
+    # the same gap is noise on few images and a finding on many
+    assert prose.reliance_reading({"marked_to_shortcut": 0.04}, {"marked_to_shortcut": 0.02}, 100, 3).startswith(
+        "does not show the shortcut")
+    assert prose.reliance_reading({"marked_to_shortcut": 0.04}, {"marked_to_shortcut": 0.02}, 10_000, 3).startswith(
+        "shows the shortcut")
+    main = {"precision_at_k_selected": 0.5, "precision_at_k_random": 0.2, "random_range": [0.0, 0.4]}
+    assert prose.selection_reading(main) == "above the range of single random choices"
+    assert prose.selection_reading({**main, "precision_at_k_selected": 0.3}).startswith("above the random mean but")
+    assert prose.selection_reading({**main, "precision_at_k_selected": 0.2}) == (
+        "no better than a random choice on average")
+    assert prose.comparison(0.2, 0.1) == "larger than" and prose.comparison(0.1, 0.2) == "smaller than"
+    assert prose.comparison(0.1, 0.1) == "the same as" and prose.comparison(float("nan"), 0.1) == "not comparable with"
+    assert prose.class_counts([5, 1, 5, 9, 1, 5]) == '"5" (3), "1" (2) and "9" (1)'
+    assert prose.class_counts(torch.tensor([], dtype=torch.long)) == "none in this run"
+    corner = prose.corner_ink(3)
+    assert 0 <= corner["n_stroke"] <= corner["n_all"] and corner["share"] == corner["n_stroke"] / corner["n_all"]
+    assert prose.corner_ink(4)["n_stroke"] >= corner["n_stroke"]  # the larger corner holds the smaller
+
+
+def test_prose_values_are_the_runs_figures_and_cover_the_chapter(smoke):
+    """Every glue key the chapter's markdown names is computed, and each is the run's own figure."""
+    import json
+    import re
+    from pathlib import Path
+
+    from equidiff.chapters import applications_prose as prose
+
+    models = smoke.part("shortcut")
+    w = models.world
+    q, _ = sc.marked_queries(models.shortcut, w, 1)
+    det = {n: app.detect(getattr(models, n), models, q, name=n, n_samples=6, steps=2, ddim_steps=2, tau=0.5)
+           for n in ("shortcut", "control")}
+    summaries = {n: d.summary() for n, d in det.items()}
+    assert summaries["shortcut"]["n_hits"] == int(det["shortcut"].hits.sum()) and summaries["shortcut"]["level"] == 0.95
+    reliance = {n: sc.reliance(getattr(models, n), w) for n in ("shortcut", "control", "judge")}
+    pool, _ = sel.member_pool(det["shortcut"].converged, 2)
+    train_x = sc.marked_split(w, "train", "shortcut")[0]
+    study = app.selection_study(det["shortcut"].x[pool], det["shortcut"].hits.numpy()[pool], train_x, 2,
+                                model=models.judge, n_draws=50, ks=(2, 4, 99))
+    assert 0 <= study["ablation"]["other_space"] <= 1
+    assert [c["k"] for c in study["curve"]] == [kk for kk in (2, 4) if kk <= len(pool)]  # only the ks the pool allows
+    circles = app.circles_selection([0.5, 0.3], 2, n=16)
+    demo = app.neuron_selection(smoke, 5, 2, n_samples=3, steps=1, ddim_steps=2)
+    params = {"profile": "smoke", "n_samples": 6, "steps": 2, "tau": 0.5, "ddim_steps": 2}
+    v = prose.prose_values(params, models, reliance, det, summaries, app.query_probabilities(models, q), study,
+                           circles, demo)
+
+    nb = json.loads((Path(__file__).resolve().parent.parent / "notebooks" / "05_applications.ipynb").read_text())
+    md = "".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
+    named = set(re.findall(r"\{glue:text\}`([^`:]+)", md))
+    assert named and not named - set(v), f"the prose names keys prose_values does not compute: {named - set(v)}"
+    assert all(isinstance(x, (int, float, str)) for x in v.values())  # what glue_all accepts
+
+    _, test_y = zoo.load_digits16("test")
+    assert v["n_test"] == len(test_y) and v["n_other_test"] == int((test_y != w.shortcut_class).sum())
+    assert v["n_per_classifier"] == 6 and v["n_queries"] == 1 and v["tau"] == 0.5
+    for n in ("shortcut", "control"):
+        hits = det[n].hits
+        assert v[f"{n}_hits"] == int(hits.sum()) and v[f"{n}_members"] == int(det[n].converged.sum())
+        assert v[f"{n}_share"] == summaries[n]["share"] or np.isnan(summaries[n]["share"])
+        assert v[f"{n}_to_class"] == reliance[n]["marked_to_shortcut"]
+    counts = re.findall(r"\((\d+)\)", v["hit_classes"])
+    assert sum(map(int, counts)) == v["shortcut_hits"]  # the judge's classes of exactly the hits
+    assert v["detection_verdict"] == app.READINGS[app.interval_reading(summaries)]
+    assert v["k"] == 2 and v["pool_size"] == len(pool) and v["n_relevant_pool"] == int(det["shortcut"].hits[pool].sum())
+    assert v["curve_k"] == "2 and 4" or len(pool) < 4  # the ks the pool allows, nothing beyond it
+    assert v["n_random_draws"] == 50 and v["select_space"] == "pixel space"
+    assert v["other_space"] == "judge's feature space"
+    assert v["neuron"] == 5 and v["neuron_samples"] == 3 and v["neuron_pool_size"] == len(demo["x"])
+    assert v["neuron_top_class"] in demo["predicted"].tolist()
+    assert v["neuron_concept"] == demo["concept"] and v["neuron_query_label"] == demo["query_label"]
+    assert v["circle_n"] == 16 and v["circle_novelty_picks"] >= min(circles["selection"].novelty)

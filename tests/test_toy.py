@@ -105,3 +105,38 @@ def test_the_2d_prior_is_a_public_ddim_chain():
     assert isinstance(prior, DDIMChain)
     x = torch.tensor([[3.0, -4.0]])
     assert torch.equal(prior.finish(x), x)  # the plane extends beyond [-1, 1]: no clamping
+
+
+def _shown(value) -> str:
+    """What ``{glue:text}`key``` shows for a glued value (myst-nb reads glued text through literal_eval)."""
+    from myst_nb.core.variables import format_plain_text
+
+    return format_plain_text(str(value), "")
+
+
+def test_prose_values_state_what_the_run_measured(circles_model):
+    model, info = circles_model
+    pcfg = toy.ToyPriorConfig(train_steps=1)
+    prior = toy.ToyDDIMPrior(toy.ToyDenoiser(pcfg.hidden), pcfg, num_steps=2)  # untrained: its points are replaced
+    qs = [[0.7, -0.6], [0.5, 0.3]]
+    results = [circles_chapter.analyse_query(model, q, n=16, tau=0.005, steps=40) for q in qs]
+    with_prior = [circles_chapter.analyse_query(model, q, n=8, tau=0.005, steps=5, prior=prior) for q in qs]
+    typical = circles_chapter.analyse_query(model, qs[0], n=8, tau=0.005, steps=5, prior=prior, keep_norm=True)
+    moons = toy.manifold_data(pcfg).numpy()
+    # the prior's points, replaced by three points of the moons and one far off them: a share of 3/4 on the moons
+    with_prior[0]["points"], with_prior[1]["points"] = moons[:3], np.array([[2.4, 2.4]], np.float32)
+    v = circles_chapter.prose_values(model, info, results, with_prior, typical, moons)
+    assert v["n_queries"] == 2 and v["n_requested"] == 16 and v["n_layers"] == 3 and v["n_hidden_layers"] == 2
+    assert _shown(v["n_found"]) == f"{results[0]['n']} and {results[1]['n']}"
+    assert v["tau"] == 0.005 and v["test_accuracy"] == info["test_accuracy"] and v["n_train"] == 1500
+    worst = max(r["max_abs_error"] for r in results)
+    assert _shown(v["max_abs_error"]) == f"{worst:.1e}"  # shown as formatted, not read back as a float
+    assert _shown(v["error_verdict"]) == ("all" if worst < 0.005 else "not all")
+    assert _shown(v["coverage_list"]) == " and ".join(f"{r['coverage']:.2f}" for r in results)
+    assert v["coverage_radius"] == 0.05
+    assert v["prior_near_share"] == pytest.approx(0.75)
+    assert 0 <= v["free_near_share"] <= 1
+    free, kept = with_prior[0]["result"].success_rate, typical["result"].success_rate
+    assert (v["free_success"], v["kept_success"]) == (free, kept)
+    assert _shown(v["kept_vs_free"]) == ("as many" if kept == free else "more" if kept > free else "fewer")
+    assert v["typical_z_norm"] == pytest.approx(toy.typical_norm(2))

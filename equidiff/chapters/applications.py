@@ -10,11 +10,17 @@ planted-shortcut variant of the digits world (:mod:`equidiff.worlds.digits.short
   queries of that class, each member checked for the marker and judged with the marker blanked;
   :meth:`Detection.summary` — the share of members that carry the marker while not depicting
   the class, with a bootstrap interval (:func:`equidiff.core.metrics.bootstrap_interval`);
-  :func:`verdict` — what the two invariant sets (shortcut vs control classifier) show;
+  :func:`interval_reading` / :func:`verdict` — what the two invariant sets (shortcut vs control
+  classifier) show; :func:`query_probabilities` — the queries' class probability under each classifier;
+* :func:`selection_study` — the member selection on the shortcut classifier's invariant set, at
+  several k and with each part of its score alone;
 * :func:`circles_selection`, :func:`neuron_selection` — the member selection of
   :mod:`equidiff.core.members` in the circles world and on a neuron of the neuron chapter;
 * :func:`check_parameters`, :func:`check_neuron` — the notebook's parameters, each checked by its own
   name at the chapter's entry (``neuron``'s range once the world is loaded).
+
+What the chapter's prose says about the run is computed from these results by
+:func:`equidiff.chapters.applications_prose.prose_values` and glued into the page.
 """
 
 from __future__ import annotations
@@ -31,15 +37,16 @@ from equidiff._validate import bad, check_choice, check_folder, check_int, check
 from equidiff.chapters import circles as circles_chapter
 from equidiff.chapters import neurons as eqn
 from equidiff.core.invariants import InvariantConfig, find_invariants
-from equidiff.core.members import member_pool, select_members
+from equidiff.core.members import evaluate_selection, member_pool, select_members
 from equidiff.core.metrics import bootstrap_interval
 from equidiff.core.objectives import class_probability
 from equidiff.worlds import circles as toy
 from equidiff.worlds import world_names
 from equidiff.worlds.digits.shortcut import ShortcutModels, ShortcutWorld, has_marker, predict, remove_marker
 
-__all__ = ["Detection", "detect", "verdict", "save_detections", "circles_selection", "neuron_selection",
-           "OPTIMIZERS", "SELECT_SPACES", "check_parameters", "check_neuron"]
+__all__ = ["Detection", "detect", "interval_reading", "verdict", "query_probabilities", "save_detections",
+           "selection_study", "circles_selection", "neuron_selection", "OPTIMIZERS", "SELECT_SPACES",
+           "check_parameters", "check_neuron"]
 
 OPTIMIZERS = ("adam", "sgd", "lbfgs")
 SELECT_SPACES = ("pixels", "classifier")
@@ -98,19 +105,24 @@ class Detection:
 
     shortcut_class: int = 3
 
-    def summary(self, n_boot: int = 2000, seed: int = 0) -> dict:
+    def summary(self, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
+        """Counts and shares over the members; ``interval``: the ``level`` bootstrap interval of ``share``
+        (``n_boot`` resamplings of the members); shares are NaN when there is no member."""
         members = self.converged.numpy()
         h = self.hits.numpy()[members]
-        lo, hi = bootstrap_interval(h, n_boot, seed=seed)
+        lo, hi = bootstrap_interval(h, n_boot, level=level, seed=seed)
         return {
             "n_samples": int(len(self.converged)),
             "n_members": int(members.sum()),
+            "n_hits": int(h.sum()),
             "success_rate": float(members.mean()),
             "marked_share": float(self.marked.numpy()[members].mean()) if members.any() else float("nan"),
             "judged_class_share": float((self.judged.numpy()[members] == self.shortcut_class).mean())
             if members.any() else float("nan"),
             "share": float(h.mean()) if h.size else float("nan"),
             "interval": [lo, hi],
+            "level": float(level),
+            "n_boot": int(n_boot),
             "seconds": self.seconds,
         }
 
@@ -146,18 +158,43 @@ def detect(classifier, models: ShortcutModels, queries: torch.Tensor, *, name: s
                      torch.cat(losses), seconds, shortcut_class=plant.shortcut_class)
 
 
+READINGS = {  # interval_reading's kinds -> what they mean, as the chapter's prose says it
+    "apart": "the intervals do not overlap — the invariant sets expose the shortcut",
+    "reversed": "the control shows more of them — the method did not find the shortcut in this run",
+    "overlap": "the intervals overlap — this run cannot tell the two classifiers apart",
+    "empty": "one of the invariant sets has no member — this run cannot compare them",
+}
+
+
+def interval_reading(summaries: dict) -> str:
+    """``"apart"`` (the shortcut classifier's interval lies above the control's), ``"reversed"`` (below),
+    ``"overlap"``, or ``"empty"`` (a classifier has no member, so no interval); see :data:`READINGS`."""
+    s, c = summaries["shortcut"]["interval"], summaries["control"]["interval"]
+    if not all(np.isfinite(v) for v in (*s, *c)):
+        return "empty"
+    if s[0] > c[1]:
+        return "apart"
+    if c[0] > s[1]:
+        return "reversed"
+    return "overlap"
+
+
 def verdict(summaries: dict, shortcut_class: int = 3) -> str:
     """One sentence on what the two invariant sets show, computed from their summaries
-    (``{"shortcut": Detection.summary(), "control": ...}``): do the 95 % intervals overlap?"""
+    (``{"shortcut": Detection.summary(), "control": ...}``): do their bootstrap intervals overlap?"""
     s, c = summaries["shortcut"], summaries["control"]
     head = (f"Planted-shortcut members: {s['share']:.0%} of the shortcut classifier's members "
             f"[{s['interval'][0]:.0%}, {s['interval'][1]:.0%}] against {c['share']:.0%} of the control's "
             f"[{c['interval'][0]:.0%}, {c['interval'][1]:.0%}]")
-    if s["interval"][0] > c["interval"][1]:
-        return head + ": the intervals do not overlap — the invariant sets expose the shortcut."
-    if c["interval"][0] > s["interval"][1]:
-        return head + ": the control shows more of them — the method did not find the shortcut in this run."
-    return head + ": the intervals overlap — this run cannot tell the two classifiers apart."
+    return f"{head}: {READINGS[interval_reading(summaries)]}."
+
+
+@torch.no_grad()
+def query_probabilities(models: ShortcutModels, queries: torch.Tensor) -> dict:
+    """(n,) the probability of the shortcut class that the shortcut and the control classifier give each query."""
+    c = models.world.shortcut_class
+    return {name: torch.softmax(getattr(models, name).model(queries), 1)[:, c]
+            for name in ("shortcut", "control")}
 
 
 def save_detections(detections: dict, path) -> None:
@@ -168,6 +205,28 @@ def save_detections(detections: dict, path) -> None:
         for key in ("x", "converged", "marked", "judged", "query_of", "loss"):
             tensors[f"{name}.{key}"] = getattr(d, key).detach().cpu().contiguous()
     save_file(tensors, str(path))
+
+
+def selection_study(pool_x, relevant, train_x, k: int, *, novelty_weight: float = 0.5, space: str = "pixels",
+                    model=None, seed: int = 0, ks=(4, 8, 16), n_draws: int = 2000) -> dict:
+    """The member selection on one pool (:func:`equidiff.core.members.evaluate_selection`): ``main`` at ``k``
+    as configured; ``curve``, the same at each of ``ks`` that the pool allows; ``ablation``, precision at
+    ``k`` with each part of the score alone (``"diversity"``: w = 0, ``"novelty"``: w = 1) and with the
+    distances measured in the other space (``"other_space"``, named by ``other_space_name``; NaN for the
+    classifier's features when no ``model`` is given). The ablation is measured on the same samples: a
+    check afterwards, not how the defaults were chosen. ``n_draws``: random choices per baseline."""
+    check_choice("space", space, SELECT_SPACES)
+
+    def run(kk, w=novelty_weight, sp=space):
+        return evaluate_selection(pool_x, relevant, train_x, kk, novelty_weight=w, space=sp, model=model,
+                                  n_draws=n_draws, seed=seed)
+
+    other = next(sp for sp in SELECT_SPACES if sp != space)
+    ablation = {"diversity": run(k, 0.0)["precision_at_k_selected"], "novelty": run(k, 1.0)["precision_at_k_selected"],
+                "other_space": run(k, sp=other)["precision_at_k_selected"] if model is not None or other == "pixels"
+                else float("nan"), "other_space_name": other}  # the judge's features need the judge
+    return {"main": run(k), "curve": [run(kk) for kk in ks if kk <= len(pool_x)], "ablation": ablation,
+            "n_draws": int(n_draws)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -196,7 +255,9 @@ def neuron_selection(world, neuron: int, k: int, novelty_weight: float = 0.5, *,
 
     Returns ``x`` (the pool: members, or all samples when fewer than k converged), ``note`` (which),
     ``selection``, ``rest`` (up to k pool members not selected), ``predicted`` (the classifier's class
-    per pool member) and ``n_members`` / ``n_samples``.
+    per pool member), ``n_members`` / ``n_samples``, and what the run found the neuron to be: ``neuron``,
+    ``concept`` and ``alignment`` (its best-aligned concept and r; the thesis' where the world labels
+    none), ``query_label`` (the class of its strongest-activating image x*).
     """
     table = eqn.neuron_table(world)
     run = eqn.run_neuron(world, table, neuron, n_samples=n_samples, steps=steps, ddim_steps=ddim_steps, tau=tau,
@@ -206,4 +267,6 @@ def neuron_selection(world, neuron: int, k: int, novelty_weight: float = 0.5, *,
     chosen = select_members(x, world.images, k, novelty_weight)
     rest = [i for i in range(len(x)) if i not in chosen.indices][: len(chosen.indices)]
     return {"x": x, "note": note, "selection": chosen, "rest": rest, "predicted": run.predicted[pool],
-            "n_members": int(run.result.converged.sum()), "n_samples": int(run.result.converged.numel())}
+            "n_members": int(run.result.converged.sum()), "n_samples": int(run.result.converged.numel()),
+            "neuron": int(neuron), "concept": run.concept, "alignment": float(run.alignment),
+            "query_label": int(run.query_label)}

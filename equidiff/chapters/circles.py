@@ -2,7 +2,8 @@
 
 The world (data, MLP, exact level curves, the 2D diffusion prior) is :mod:`equidiff.worlds.circles`;
 this module is the chapter's one step: sample a query's invariant set and measure it against the
-exact level curve, and :func:`check_parameters`, the notebook's parameters checked at its entry.
+exact level curve; :func:`check_parameters`, the notebook's parameters checked at its entry; and
+:func:`prose_values`, the run's figures the chapter's text states (glued, never typed).
 """
 
 from __future__ import annotations
@@ -13,11 +14,15 @@ import numpy as np
 from torch import nn
 
 from equidiff._validate import bad, check_choice, check_folder, check_int, check_num
-from equidiff.worlds.circles import check_point, coverage, invariants_2d, level_curves, probability_of
+from equidiff.report.glue import Text, as_is, words
+from equidiff.worlds.circles import (CirclesConfig, check_point, coverage, invariants_2d, level_curves,
+                                     probability_of, typical_norm)
 
-__all__ = ["analyse_query", "check_parameters", "OPTIMIZERS"]
+__all__ = ["analyse_query", "check_parameters", "prose_values", "OPTIMIZERS", "COVERAGE_RADIUS", "MANIFOLD_RADIUS"]
 
 OPTIMIZERS = ("adam", "newton", "sgd")  # the optimisers of the notebook (analyse_query's lr defaults cover these)
+COVERAGE_RADIUS = 0.05  # a point of the exact level curve is covered if a returned point lies this close
+MANIFOLD_RADIUS = 0.1  # a point is "on the moons" this close to one of the prior's training points (their noise scale)
 
 
 def check_parameters(p: dict) -> None:
@@ -44,8 +49,9 @@ def analyse_query(model: nn.Module, query, n: int = 512, tau: float = 0.005, see
                   lr: float | None = None, repulsion: float = 0.0) -> dict:
     """Invariant points of one query and how well they match the exact level set.
 
-    Returns ``point``, ``p``, ``n`` (points returned: converged ones), ``n_requested``,
-    ``max_abs_error`` (max |f(x) − p|), ``coverage`` (of the exact curve within 0.05),
+    Returns ``point``, ``p``, ``n`` (points returned: converged ones), ``n_requested``, ``tau``,
+    ``max_abs_error`` (max |f(x) − p|), ``coverage`` (share of the exact curve within
+    ``coverage_radius`` = :data:`COVERAGE_RADIUS` of a returned point),
     ``seconds`` (of the invariant-set search alone), ``points`` (n, 2), ``curves`` and the raw
     ``result``.
     """
@@ -65,10 +71,65 @@ def analyse_query(model: nn.Module, query, n: int = 512, tau: float = 0.005, see
         "p": p,
         "n": int(len(pts)),
         "n_requested": n,
+        "tau": tau,  # the tolerance on the probability (the loop's τ is its logit equivalent)
         "max_abs_error": err,
-        "coverage": coverage(pts, curves) if len(pts) else 0.0,
+        "coverage": coverage(pts, curves, COVERAGE_RADIUS) if len(pts) else 0.0,
+        "coverage_radius": COVERAGE_RADIUS,
         "seconds": seconds,
         "points": pts,
         "curves": curves,
         "result": res,
     }
+
+
+def _near_share(points: np.ndarray, manifold: np.ndarray, radius: float) -> float:
+    """Share of ``points`` (n, 2) within ``radius`` of a point of ``manifold`` (0 for no points)."""
+    from scipy.spatial import cKDTree
+
+    if len(points) == 0:
+        return 0.0
+    d, _ = cKDTree(np.asarray(manifold, dtype=np.float64)).query(np.asarray(points, dtype=np.float64))
+    return float((d <= radius).mean())
+
+
+def _compare(a: float, b: float, more: str, fewer: str, same: str, tol: float = 1e-9) -> Text:
+    return Text(same if abs(a - b) <= tol else (more if a > b else fewer))
+
+
+def prose_values(model: nn.Module, info: dict, results: list, with_prior: list, typical: dict, manifold,
+                 cfg: CirclesConfig = CirclesConfig()) -> dict:
+    """What the chapter's text states about this run, for :func:`equidiff.report.glue.glue_all`.
+
+    ``info``: the classifier's training record; ``results`` / ``with_prior``: :func:`analyse_query` of
+    every query without and through the prior; ``typical``: the first query through the prior with
+    ``keep_norm=True``; ``manifold``: the prior's training points (n, 2); ``cfg``: the classifier's config.
+    """
+    free = with_prior[0]["result"]
+    kept = typical["result"]
+    found = [r["max_abs_error"] for r in results if r["n"]]
+    tau = results[0]["tau"]
+    n_lin = sum(isinstance(m, nn.Linear) for m in model.modules())
+    values = {
+        # the classifier
+        "n_train": cfg.n_train, "n_test": cfg.n_test, "extent": cfg.extent, "hidden": cfg.hidden,
+        "n_layers": n_lin, "n_hidden_layers": n_lin - 1, "test_accuracy": info["test_accuracy"],
+        # invariant sets without a prior
+        "n_queries": len(results), "queries": words(f"({r['point'][0]:g}, {r['point'][1]:g})" for r in results),
+        "n_requested": results[0]["n_requested"], "n_found": words(r["n"] for r in results),
+        "steps": results[0]["result"].config.steps, "tau": tau,
+        "max_abs_error": Text(f"{max(found):.1e}" if found else "–"),  # over every returned point
+        "error_vs_tau": Text("below" if found and max(found) < tau else "not below"),
+        "error_verdict": Text("all" if found and max(found) < tau else "not all"),
+        "coverage_radius": COVERAGE_RADIUS, "coverage_list": words(f"{r['coverage']:.2f}" for r in results),
+        # through the 2D diffusion prior
+        "prior_requested": with_prior[0]["n_requested"], "prior_found": words(r["n"] for r in with_prior),
+        "prior_steps": free.config.steps, "manifold_radius": MANIFOLD_RADIUS,
+        "prior_near_share": _near_share(np.concatenate([r["points"] for r in with_prior]), manifold, MANIFOLD_RADIUS),
+        "free_near_share": _near_share(np.concatenate([r["points"] for r in results]), manifold, MANIFOLD_RADIUS),
+        # |z_T| kept typical or free
+        "free_success": free.success_rate, "kept_success": kept.success_rate,
+        "kept_vs_free": _compare(kept.success_rate, free.success_rate, "more", "fewer", "as many"),
+        "free_z_norm": float(free.z.flatten(1).norm(dim=1).mean()),  # mean final |z_T|
+        "typical_z_norm": typical_norm(free.z.shape[-1]),
+    }
+    return {k: as_is(v) if isinstance(v, str) else v for k, v in values.items()}

@@ -65,6 +65,7 @@ __all__ = [
     "neuron_settings",
     "NeuronRun",
     "run_neuron",
+    "pool_size",
     "run_all",
     "table_rows",
     "table_html",
@@ -453,6 +454,14 @@ def _run_job(context, item, report) -> NeuronRun:
                       on_step=lambda st: report(int(st.converged.sum())), **settings)
 
 
+def pool_size(world, n_neurons: int, workers: Optional[int] = None) -> int:
+    """How many neurons :func:`run_all` runs side by side: on a CPU world ``workers`` (None: one per
+    CPU core), at most one per neuron; on an accelerator one."""
+    if world.device.type != "cpu":
+        return 1
+    return max(min(n_neurons, workers or os.cpu_count() or 1), 1)
+
+
 def run_all(world, table: AlignmentTable, chosen, *, workers: Optional[int] = None, progress: bool = True,
             **settings) -> list[NeuronRun]:
     """:func:`run_neuron` for every chosen neuron, in order, with one progress line (samples below τ).
@@ -477,7 +486,7 @@ def run_all(world, table: AlignmentTable, chosen, *, workers: Optional[int] = No
     if unknown:
         raise TypeError(f"run_all got an unexpected setting {unknown[0]!r}; it takes workers, progress and {SETTINGS}")
     settings = neuron_settings(world, **settings)  # fail early, before any worker starts
-    n_workers = min(len(chosen), workers or os.cpu_count() or 1) if on_cpu else 1
+    n_workers = pool_size(world, len(chosen), workers)
     below = [0] * len(chosen)  # per neuron: samples below τ so far
     finished = [False] * len(chosen)
 
@@ -488,7 +497,7 @@ def run_all(world, table: AlignmentTable, chosen, *, workers: Optional[int] = No
             finished[i] = finished[i] or done
             bar.update_to(sum(below), f"{sum(finished)}/{len(chosen)} neurons done")
 
-        return run_world_pool(_run_job, world, [(s, settings) for s in chosen], max(n_workers, 1), shared=table,
+        return run_world_pool(_run_job, world, [(s, settings) for s in chosen], n_workers, shared=table,
                               threads=1 if on_cpu else None, on_report=report,
                               on_done=lambda i, run: report(i, int(run.result.converged.sum()), True))
 

@@ -44,7 +44,7 @@ __all__ = [
     "CHAPTER", "CONFIDENT", "OPTIMIZERS", "check_parameters", "load_vit_sae", "measure_quality", "summary",
     "measure_features", "choose",
     "features_html", "run_settings", "label_histogram", "FeatureRun", "run_feature", "run_line", "runs_html",
-    "label_lines", "realism_lines", "chapter_metrics",
+    "label_lines", "realism_lines", "chapter_metrics", "concept_class",
 ]
 
 CHAPTER = "sae"  # this chapter's key in the worlds' defaults (equidiff.worlds.settings.SETTINGS)
@@ -136,7 +136,8 @@ def measure_quality(world, part: ViTSAE) -> dict:
                              f"silent on every token of the {len(world.images)} {noun} the features are chosen from")
     else:
         q["evaluated_on"] = (f"every token of the {len(held_out)} {noun} the query images are chosen from, as "
-                             f"{world.reason('test_images')}; dead_fraction counts features silent on these tokens only")
+                             f"{world.reason('test_images')}; dead_fraction counts features silent on these "
+                             "tokens only")
     return q
 
 
@@ -144,7 +145,8 @@ def summary(part: ViTSAE, quality: dict) -> str:
     """The chapter's two lines about the models and the SAE's quality."""
     q, s = quality, part.sae
     return part.description + (f"\nSAE ({s.kind}, d_sae = {s.d_sae}, block {part.layer}): variance explained "
-                               f"{q['variance_explained']:.3f}, L0 {q['l0']:.1f} of {s.d_sae}, dead {q['dead_fraction']:.3f}")
+                               f"{q['variance_explained']:.3f}, L0 {q['l0']:.1f} of {s.d_sae}, "
+                               f"dead {q['dead_fraction']:.3f}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -246,7 +248,7 @@ class FeatureRun:
     metrics: dict = field(default_factory=dict)
 
 
-def _concept_class(world, concept: Optional[str]) -> Optional[int]:
+def concept_class(world, concept: Optional[str]) -> Optional[int]:
     """The class a concept stands for (the digits world's concept labels name them "digit <class>"), or None."""
     if concept is None or not concept.startswith("digit ") or not world.class_names:
         return None
@@ -333,7 +335,7 @@ def run_feature(world, part: ViTSAE, table: FeatureTable, selected: SelectedFeat
     fid = (world.fid(x.cpu(), world.images, name) if len(x) > 1 else
            FIDResult(name, None, "an FID needs at least 2 samples", n_samples=len(x)))
     done = result.steps_to_converge[result.converged].float()
-    digit = _concept_class(world, concept)
+    digit = concept_class(world, concept)
     rate = lambda v: float((v == digit).float().mean()) if v is not None and digit is not None else None  # noqa: E731
     hist = lambda v: label_histogram(v) if v is not None else None  # noqa: E731
     share = lambda c: float((c >= CONFIDENT).float().mean()) if c is not None else None  # noqa: E731
@@ -429,7 +431,8 @@ def runs_html(world, runs: Sequence[FeatureRun], tau: float) -> str:
     cols += [("sample activation (mean)", lambda r, m: f"{m['sample_activation_mean']:.3g}"),
              ("FID", lambda r, m: _f(m["fid"], ".1f"))]
     rows = [[fn(r, r.metrics) for _, fn in cols] for r in runs]
-    note = (f"L2 = Σ(L(x) − L(x*))² per sample (the Algorithm 1 loss), mean ± standard deviation over the samples; "
+    note = ("L2 = Σ(L(x) − L(x*))² per sample (the Algorithm 1 loss), mean ± standard deviation over the "
+            "samples; "
             f"relative: mean L2 / Σ L(x*)²; τ = {tau:g}. ")
     if judge:
         note += ("Concept rate: share the judge classifier puts in the feature's class, for the top real images and "
@@ -467,9 +470,10 @@ def realism_lines(world, runs: Sequence[FeatureRun]) -> str:
             continue
         line = (f"#{r.feature} ({r.concept}): confident digits: starting samples {m['start_confident_rate']:.2f}, "
                 f"invariant samples {m['sample_confident_rate']:.2f}, top real images {m['real_confident_rate']:.2f}")
-        d = _concept_class(world, r.concept)
+        d = concept_class(world, r.concept)
         if d is not None:
-            line += (f"; samples called '{world.class_names[d]}' by the classifier {_f(m['sample_concept_rate'], '.2f')}, "
+            line += (f"; samples called '{world.class_names[d]}' by the classifier "
+                     f"{_f(m['sample_concept_rate'], '.2f')}, "
                      f"by the ViT {_f(m['sample_vit_concept_rate'], '.2f')}")
         lines.append(line)
     return "\n".join(lines)

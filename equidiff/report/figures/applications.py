@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -32,9 +32,10 @@ def shortcut_world_figure(images, labels, marked, shortcut_class: int, per_class
     return fig
 
 
-def reliance_figure(rows: dict):
+def reliance_figure(rows: dict, n_test: Optional[int] = None):
     """Grouped bars: per classifier (``rows`` name -> reliance dict), accuracy on clean, in-distribution
-    and marker-swapped test images, and the share of marked other-class images called the shortcut class."""
+    and marker-swapped test images, and the share of marked other-class images called the shortcut class.
+    ``n_test``: how many test images, for the title."""
     plt = pyplot()
     keys = [("clean", "clean"), ("in_distribution", "as in training"), ("swapped", "marker swapped"),
             ("marked_to_shortcut", "other class + marker\n→ shortcut class")]
@@ -51,7 +52,8 @@ def reliance_figure(rows: dict):
     ax.set_ylabel("share of test images")
     ax.set_ylim(0, 1.08)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="classifier", title_fontsize=8)
-    ax.set_title("Does the classifier read the digit or the marker? (digits test split, 360 images)", fontsize=9)
+    size = "" if n_test is None else f", {n_test} images"
+    ax.set_title(f"Does the classifier read the digit or the marker? (digits test split{size})", fontsize=9)
     return fig
 
 

@@ -56,7 +56,8 @@ def sae_feature_figure(runs: Sequence, noun: str = "images", n_real: int = 16, c
     real_cols = 4
     heights = []
     for r in runs:
-        heights.append(max(int(np.ceil(len(r.result.x) / cols)), int(np.ceil(min(n_real, len(r.top_images)) / real_cols))))
+        heights.append(max(int(np.ceil(len(r.result.x) / cols)),
+                           int(np.ceil(min(n_real, len(r.top_images)) / real_cols))))
     fig = plt.figure(figsize=(1.05 * (cols + real_cols) + 0.6, 1.3 * sum(heights) + 0.75 * len(runs)),
                      constrained_layout=True)
     sub = fig.subfigures(len(runs), 1, height_ratios=[h + 0.6 for h in heights], squeeze=False)[:, 0]
@@ -78,7 +79,8 @@ def sae_feature_figure(runs: Sequence, noun: str = "images", n_real: int = 16, c
             if judged:
                 unsure = "?" if float(run.confidence[i]) < run.metrics["confidence_threshold"] else ""
                 label = f" '{int(run.predicted[i])}'{unsure}"
-            show_image(ax, res.x[i].clamp(-1, 1), f"{float(res.loss[i]):.0e}{label}", fontsize=6.5)  # unclamped in the loop
+            # the loss was measured on the unclamped sample in the loop
+            show_image(ax, res.x[i].clamp(-1, 1), f"{float(res.loss[i]):.0e}{label}", fontsize=6.5)
             if not bool(res.converged[i]):
                 red_frame(ax)
         ok = int(res.converged.sum())
