@@ -39,15 +39,9 @@ def overview(world, n_samples: int = 1000, seed: int = 0, ddim_steps: int = 10) 
     t0 = time.perf_counter()
     zoo = world.part("zoo")
     ddpm, clf = zoo["ddpm"], zoo["classifier"]
-    quality, samples = prior_quality(ddpm.model, ddpm.scheduler, world.judge, n=n_samples, seed=seed,
-                                     train=world.images, test=world.test_images, num_inference_steps=ddim_steps)
-    with torch.no_grad():
-        param = next(world.judge.parameters())
-        probs = torch.softmax(world.judge(samples.to(param.device, param.dtype)), 1).cpu()
-    conf, labels = probs.max(1)
-    train_d = torch.cdist(samples.flatten(1).double(), world.images.flatten(1).double())
-    nearest = train_d.argmin(1)  # (n,) index of each sample's nearest training digit
-    test_nn = torch.cdist(world.test_images.flatten(1).double(), world.images.flatten(1).double()).min(1).values
+    quality, d = prior_quality(ddpm.model, ddpm.scheduler, world.judge, n=n_samples, seed=seed,
+                               train=world.images, test=world.test_images, num_inference_steps=ddim_steps)
+    samples = d["samples"]
     return {
         "n_train": len(world.images), "n_test": len(world.test_images),
         "train_per_class": torch.bincount(world.labels, minlength=10).tolist(),
@@ -57,8 +51,8 @@ def overview(world, n_samples: int = 1000, seed: int = 0, ddim_steps: int = 10) 
         "quality": quality.summary(),
         "hf_share_real": float(high_frequency_share(world.images).mean()),
         "hf_share_samples": float(high_frequency_share(samples).mean()),
-        "samples": samples, "sample_labels": labels, "sample_confidence": conf,
-        "nearest_train": world.images[nearest], "nn_sample": train_d.min(1).values, "nn_test": test_nn,
+        "samples": samples, "sample_labels": d["labels"], "sample_confidence": d["confidence"],
+        "nearest_train": world.images[d["nn_index"]], "nn_sample": d["nn_sample"], "nn_test": d["nn_test"],
         "confidence_threshold": CONFIDENT, "gate_share": GATE_SHARE, "gate_copies": GATE_COPIES, "copy_quantile": COPY_QUANTILE,
         "seconds": time.perf_counter() - t0,
     }

@@ -79,14 +79,18 @@ class PriorQuality:
 
 @torch.no_grad()
 def _nearest(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    """(n,) pixel L2 distance of each row of ``x`` to its nearest row of ``ref``."""
+    """``(distance (n,), index (n,))``: pixel L2 distance of each row of ``x`` to its nearest row of ``ref``."""
     a, b = x.flatten(1).double(), ref.flatten(1).double()
-    return torch.cdist(a, b).min(dim=1).values
+    d = torch.cdist(a, b).min(dim=1)
+    return d.values, d.indices
 
 
 def prior_quality(unet, scheduler, judge, *, n: int = 1000, seed: int = 0, blank_marker: Optional[int] = None,
-                  train=None, test=None, num_inference_steps: int = 10) -> tuple[PriorQuality, torch.Tensor]:
-    """Measure a DDPM prior against the gate; returns ``(quality, samples (n, 1, 16, 16))``.
+                  train=None, test=None, num_inference_steps: int = 10) -> tuple[PriorQuality, dict]:
+    """Measure a DDPM prior against the gate; returns ``(quality, details)``, ``details`` holding what it
+    measured per image: ``samples`` (n, 1, 16, 16), the judge's ``labels`` and ``confidence`` (n,),
+    ``nn_sample`` / ``nn_index`` (distance to and index of each sample's nearest training image) and
+    ``nn_test`` (the same distance for each test image).
 
     ``blank_marker``: for the planted-shortcut prior, the judge reads samples with the marker corner
     blanked (it never saw markers). ``train`` / ``test``: reference images (default: the digits splits).
@@ -103,8 +107,8 @@ def prior_quality(unet, scheduler, judge, *, n: int = 1000, seed: int = 0, blank
         conf, labels = report.confidence, report.labels
     train_x = load_digits16("train")[0] if train is None else train
     test_x = load_digits16("test")[0] if test is None else test
-    d_sample = _nearest(samples, train_x)
-    d_test = _nearest(test_x, train_x)
+    d_sample, nn_index = _nearest(samples, train_x)
+    d_test, _ = _nearest(test_x, train_x)
     thr = float(torch.quantile(d_test, COPY_QUANTILE))
     share = float((conf >= CONFIDENT).float().mean())
     param = next(judge.parameters())
@@ -121,7 +125,8 @@ def prior_quality(unet, scheduler, judge, *, n: int = 1000, seed: int = 0, blank
         nn_sample_median=float(d_sample.median()), nn_test_median=float(d_test.median()), copy_threshold=thr,
         share_closer_than_real=closer, passed=share >= GATE_SHARE and closer <= GATE_COPIES,
     )
-    return q, samples
+    return q, {"samples": samples, "labels": labels, "confidence": conf, "nn_sample": d_sample,
+               "nn_index": nn_index, "nn_test": d_test}
 
 
 def _entries(profile: str, root: Path, progress: bool) -> dict:
@@ -221,11 +226,11 @@ def write_cards(profile: str = "cpu", root: Optional[Path] = None, *, progress: 
     models, gates = {}, {}
     for role, zoo in entries.items():
         if role in ("ddpm", "shortcut_ddpm"):
-            q, samples = prior_quality(zoo.model, zoo.scheduler, judge, n=n_quality,
+            q, details = prior_quality(zoo.model, zoo.scheduler, judge, n=n_quality,
                                        blank_marker=world.marker_size if role == "shortcut_ddpm" else None)
             measured = q.summary()
             if role == "shortcut_ddpm":
-                measured["share_with_marker"] = float(has_marker(samples, world.marker_size).float().mean())
+                measured["share_with_marker"] = float(has_marker(details["samples"], world.marker_size).float().mean())
             gates[role] = q
         elif role == "sae":
             measured = {k: v for k, v in zoo.info.items() if isinstance(v, (int, float))}
