@@ -14,16 +14,6 @@ ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium")
 
 
-@pytest.fixture(scope="module")
-def built_book(tmp_path_factory):
-    book = tmp_path_factory.mktemp("book")
-    shutil.copytree(ROOT / "book", book, dirs_exist_ok=True,
-                    ignore=shutil.ignore_patterns("_build", "_generated", "_extra"))
-    build.execute_notebooks(book, profile="smoke")
-    index = build.build_html(book)  # raises if Jupyter Book reports any warning (-W -n)
-    return book, index
-
-
 @pytest.mark.book
 def test_circles_notebook_smoke_metrics(built_book):
     book, _ = built_book
