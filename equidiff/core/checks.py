@@ -150,6 +150,13 @@ def check_samples(x, query: torch.Tensor, prior, model: nn.Module | None = None)
             f"query must be on the device of the prior's samples ({x.device}), got a query on {query.device} "
             f"(prior {kind}); move the query or the prior's networks"
         )
+    finite = torch.isfinite(x.detach()).reshape(len(x), -1).all(1)  # (B,)
+    if not finite.all():
+        bad_rows = torch.nonzero(~finite).flatten().tolist()
+        raise FloatingPointError(
+            f"prior {kind} returned non-finite images (NaN or inf) for samples {bad_rows} of its first batch, "
+            f"before any optimisation: check its networks' weights (a NaN weight poisons every sample)"
+        )
 
 
 def check_measurements(meas, target: torch.Tensor, n: int, target_given: bool = False) -> None:
