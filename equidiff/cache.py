@@ -48,7 +48,7 @@ from safetensors.torch import load_file, save_file
 __all__ = ["SHIPPED", "MANIFEST", "RETRAIN", "shipped_manifest", "is_shipped", "resolve", "shipped_hint",
            "missing_shipped", "cache_root", "config_hash", "model_dir", "atomic_folder", "write_json", "save_state", "load_state",
            "load_or_train", "CacheError", "RECORD", "sha256_file", "file_hashes", "write_record", "check_folder",
-           "loading", "seal", "rebuild_hint"]
+           "loading", "seal", "rebuild_hint", "loaded_models"]
 
 RECORD = "config.json"  # the record of a cache folder: its config, training info and the sha256 of its other files
 
@@ -151,6 +151,7 @@ def atomic_folder(folder: str | os.PathLike, record: str = RECORD) -> Iterator[P
     except OSError:
         if (folder / record).is_file():  # another process finished first: keep its folder
             shutil.rmtree(tmp, ignore_errors=True)
+            _note_written(folder, record)
             return
         if not folder.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -160,6 +161,13 @@ def atomic_folder(folder: str | os.PathLike, record: str = RECORD) -> Iterator[P
         os.rename(folder, aside)
         os.rename(tmp, folder)
         shutil.rmtree(aside, ignore_errors=True)
+    _note_written(folder, record)
+
+
+def _note_written(folder: Path, record: str) -> None:
+    """A model trained now is used like a loaded one: note it in :func:`loaded_models` (from its record)."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        _note_loaded(folder, json.loads((folder / record).read_text()).get("sha256"))
 
 
 def rebuild_hint(folder: str | os.PathLike, how: str = "the next call trains it again") -> str:
@@ -237,11 +245,43 @@ def loading(path: str | os.PathLike, rebuild: str):
                          f"truncated: {rebuild}") from e
 
 
+# What this process loaded: {folder name: sha256 of its weights}, in load order (see loaded_models).
+_LOADED: dict[str, str] = {}
+
+
+def _weights_sha256(hashes: dict) -> str:
+    """One sha256 for a model folder from its record's ``{file: sha256}``: the weights file's own sha256
+    (the one ``*.safetensors`` every folder here has, as its MODEL_CARD.md lists it); for a folder with
+    none or several, the sha256 of the sorted ``file sha256`` lines."""
+    weights = sorted(k for k in hashes if k.endswith(".safetensors"))
+    if len(weights) == 1:
+        return str(hashes[weights[0]])
+    return hashlib.sha256("".join(f"{k} {hashes[k]}\n" for k in sorted(hashes)).encode()).hexdigest()
+
+
+def _note_loaded(folder: str | os.PathLike, hashes: dict | None) -> None:
+    if hashes:
+        _LOADED[Path(folder).name] = _weights_sha256(hashes)
+
+
+def loaded_models() -> dict[str, str]:
+    """``{folder name: sha256 of its weights}`` of every shipped or cached model folder this process has
+    loaded (or trained and written) so far, in that order: the record of what a notebook run used,
+    written into its ``metrics.json`` (``"loaded_models"``) by :func:`equidiff.report.record.write_metrics` and shown
+    in the book's "Reproduce this page" box. The sha256 are those the folder's record lists (verified
+    when it loaded), so nothing is hashed again."""
+    return dict(_LOADED)
+
+
 def seal(folder: str | os.PathLike, stored: dict, record: str = RECORD) -> dict:
     """Add the sha256 of the folder's files to a record that has none (a folder written before weights
     were verified), after its files loaded; later loads verify them. A read-only folder is left as it is,
-    with a warning that it was loaded unverified. Returns the record."""
+    with a warning that it was loaded unverified. Returns the record.
+
+    Every loader calls this once the folder's files loaded, so it also notes the folder in
+    :func:`loaded_models`."""
     if "sha256" in stored:
+        _note_loaded(folder, stored["sha256"])
         return stored
     folder = Path(folder)
     sealed = {**stored, "sha256": file_hashes(folder, record)}
@@ -254,7 +294,9 @@ def seal(folder: str | os.PathLike, stored: dict, record: str = RECORD) -> dict:
             tmp.unlink(missing_ok=True)
         warnings.warn(f"cache folder {folder} has no sha256 in its record {record} (written before weights "
                       f"were verified) and it cannot be added ({e}): loaded unverified", stacklevel=3)
+        _note_loaded(folder, sealed["sha256"])
         return stored
+    _note_loaded(folder, sealed["sha256"])
     return sealed
 
 

@@ -7,22 +7,26 @@ the same config gives the same weights), with the same small set of pieces:
 * :func:`deterministic` — seeds the global RNG (weight init) and switches on deterministic
   kernels for the duration of a ``with`` block, restoring both afterwards;
 * :func:`lr_lambda` — linear warm-up then cosine decay, for ``torch.optim.lr_scheduler.LambdaLR``;
-* :func:`progress_bar` — an optional tqdm text bar (off in tests).
+* :func:`progress_bar` — an optional tqdm text bar (off in tests), which also streams its state to
+  ``$EQUIDIFF_PROGRESS_LOG`` when the book build sets it (:class:`LoggedBar`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import platform
+import sys
 from pathlib import Path
 from typing import Callable
 
 import torch
 from tqdm import tqdm  # text bar: tqdm.auto wants ipywidgets in a notebook and warns without it
 
-__all__ = ["Batches", "deterministic", "lr_lambda", "progress_bar", "machine", "save_checkpoint", "load_checkpoint"]
+__all__ = ["Batches", "deterministic", "lr_lambda", "progress_bar", "PROGRESS_LOG", "log_progress", "LoggedBar",
+           "machine", "save_checkpoint", "load_checkpoint"]
 
 
 class Batches:
@@ -67,8 +71,70 @@ def lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
     return f
 
 
+# The environment variable naming a file every progress bar also appends its state to, one JSON line per
+# redraw ({"bar": id, "text": the bar's line, "final": bool}). The book build (equidiff.build) sets it for
+# each chapter's kernel and prints the lines as they come, so training and the runs show in its terminal
+# while the executed notebook keeps what it always kept.
+PROGRESS_LOG = "EQUIDIFF_PROGRESS_LOG"
+
+
+def log_progress(bar: str, text: str, final: bool = False) -> None:
+    """Append one progress line of bar ``bar`` to ``$EQUIDIFF_PROGRESS_LOG`` (nothing when it is unset).
+
+    One short ``write`` to a file opened for appending, so lines of several processes (a chapter's
+    worker pool) never interleave. A log that cannot be written never stops the run."""
+    path = os.environ.get(PROGRESS_LOG)
+    if not path or not text:
+        return
+    line = json.dumps({"bar": bar, "text": text.strip(), "final": bool(final)}, ensure_ascii=False) + "\n"
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(line)
+    except OSError:
+        pass
+
+
+class Discard:
+    """A text stream that drops what it is given (a bar that shows nowhere but the progress log)."""
+
+    def write(self, s):
+        return len(s)
+
+    def flush(self):
+        pass
+
+
+class LoggedBar(tqdm):
+    """A tqdm bar that also sends each redraw (tqdm's own ``mininterval``) and its final state to
+    :func:`log_progress`."""
+
+    def __init__(self, *args, **kwargs):
+        self._log_id = f"{os.getpid()}-{id(self)}"
+        self._log_closed = False
+        super().__init__(*args, **kwargs)
+
+    def display(self, msg=None, pos=None):
+        shown = super().display(msg, pos)
+        if not self._log_closed:
+            log_progress(self._log_id, str(self) if msg is None else msg)
+        return shown
+
+    def close(self):
+        if not self._log_closed and not self.disable:
+            self._log_closed = True
+            log_progress(self._log_id, str(self), final=True)
+        super().close()
+
+
 def progress_bar(total: int, desc: str, enabled: bool):
-    """A tqdm text bar over ``total`` steps, or a silent one when ``enabled`` is False."""
+    """A tqdm text bar over ``total`` steps on stderr, or a silent one when ``enabled`` is False.
+
+    Where ``$EQUIDIFF_PROGRESS_LOG`` names a file (:data:`PROGRESS_LOG`; the book build sets it), the bar
+    also streams its state there (:class:`LoggedBar`), shown on stderr or not: a chapter that trains
+    a model keeps no stderr bar in its notebook, and ``make book`` still shows the training's progress."""
+    if os.environ.get(PROGRESS_LOG):
+        return LoggedBar(total=total, desc=desc, disable=False, mininterval=1.0,
+                         file=sys.stderr if enabled else Discard())
     return tqdm(total=total, desc=desc, disable=not enabled, mininterval=1.0)
 
 

@@ -17,7 +17,6 @@ import sys
 import time
 from pathlib import Path
 
-import papermill as pm
 import pytest
 
 from equidiff import build
@@ -87,7 +86,7 @@ def test_finished_chapters_are_recorded_and_reused(tiny, capsys):
     pids = {n: json.loads((gen / n / "metrics.json").read_text())["pid"] for n in NAMES}
     capsys.readouterr()
     _run(book, notebooks)  # nothing changed: both reused, nothing executed
-    assert capsys.readouterr().out.count("reused") == 2
+    assert capsys.readouterr().out.count(": reused (finished") == 2
     assert {n: json.loads((gen / n / "metrics.json").read_text())["pid"] for n in NAMES} == pids
     _run(book, notebooks, only=["b_second"], force=True)  # --force re-executes
     assert json.loads((gen / "b_second" / "metrics.json").read_text())["pid"] != pids["b_second"]
@@ -96,6 +95,7 @@ def test_finished_chapters_are_recorded_and_reused(tiny, capsys):
     _run(book, notebooks)  # a changed notebook is re-executed, the other reused
     out = capsys.readouterr().out
     assert "a_first: reused" not in out and "b_second: reused" in out
+    assert "a_first.ipynb (cpu profile; its notebook changed since it ran)" in out  # says what changed
     # an executed copy edited after its run finished is not published
     nb = gen / "b_second.ipynb"
     nb.write_text(nb.read_text().replace("injected failure", "edited"))
@@ -107,7 +107,7 @@ def test_a_failed_chapter_is_not_rendered_and_a_rerun_executes_it_alone(tiny, ca
     notebooks, book = tiny
     gen = book / "_generated"
     _run(book, notebooks)
-    with pytest.raises(pm.PapermillExecutionError, match="injected failure"):
+    with pytest.raises(build.ChaptersFailed, match="b_second: cell 4 of 4 .*RuntimeError: injected failure"):
         _run(book, notebooks, only=["b_second"], extra={"fail": True})
     # the failed run left its partial copy and no record, metrics or old executed copy
     assert not (gen / "b_second.done.json").exists() and not (gen / "b_second" / "metrics.json").exists()

@@ -21,6 +21,8 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from equidiff.report.progress import in_kernel
+
 __all__ = ["to_jsonable", "write_metrics", "notebook_parameters", "notebook_defaults", "check_notebook_parameters",
            "NOTEBOOKS"]
 
@@ -47,12 +49,29 @@ def to_jsonable(obj):
     return obj
 
 
-def write_metrics(output_dir, metrics: dict, name: str = "metrics.json") -> Path:
-    """Write ``<output_dir>/metrics.json`` so the book, tests and readers can use the numbers."""
+def write_metrics(output_dir, metrics: dict, name: str = "metrics.json", *, models: Optional[dict] = None,
+                  machine: Optional[dict] = None) -> Path:
+    """Write ``<output_dir>/metrics.json`` so the book, tests and readers can use the numbers.
+
+    The record also says how the run was made: ``"loaded_models"``, ``{model folder: sha256 of its weights}`` of
+    every shipped or cached model the run loaded (:func:`equidiff.cache.loaded_models`), and
+    ``"machine"`` (:func:`equidiff.training.machine`: CPU, cores, torch threads, library versions). A
+    notebook's kernel is one process per run, so there both are filled in by default; elsewhere (a
+    script, the tests) one process may have loaded models for other purposes, so they are written only
+    when given. A key ``metrics`` already has is kept as it is. The book build reads both for each
+    chapter's "Reproduce this page" box.
+    """
+    if in_kernel():
+        from equidiff import cache
+        from equidiff.training import machine as this_machine
+
+        models = cache.loaded_models() if models is None else models
+        machine = this_machine() if machine is None else machine
+    extra = {k: v for k, v in (("loaded_models", models), ("machine", machine)) if v is not None and k not in metrics}
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / name
-    path.write_text(json.dumps(to_jsonable(metrics), indent=2))
+    path.write_text(json.dumps(to_jsonable({**metrics, **extra}), indent=2))
     return path
 
 
