@@ -1,17 +1,19 @@
 """Execute the notebooks (smoke parameters) with papermill, build the book, open it in Chromium."""
 
+import base64
 import json
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
+from browser import chromium, needs_chromium
 from equidiff import build
+from equidiff.report import browser_check
 
 ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = shutil.which("chromium")
 
 
 @pytest.mark.book
@@ -37,25 +39,188 @@ def test_book_loads_mathjax_locally(built_book):
     assert (book / "_build" / "html" / "mathjax" / "tex-svg.js").exists()
 
 
+# ------------------------------------------------------------------ the whole book in a real browser
+
+def _listing(problems: dict[str, list[str]]) -> str:
+    return "\n".join(f"{page}:\n" + "\n".join(f"  - {p}" for p in probs) for page, probs in problems.items())
+
+
+@pytest.fixture(scope="module")
+def book_check(built_book):
+    """Every page of the smoke book opened in headless Chromium once (screenshots included)."""
+    book, _ = built_book
+    with chromium() as driver:
+        return browser_check.check_book(book, driver=driver)
+
+
+def _pages_with(check, kind: str) -> dict[str, list[str]]:
+    """The problems of one kind (the start of a PageCheck.problems() line), by page."""
+    out = {}
+    for page, probs in check.problems().items():
+        hits = [p for p in probs if p.startswith(kind)]
+        if hits:
+            out[page] = hits
+    return out
+
+
 @pytest.mark.book
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
-def test_chapter_renders_in_a_real_browser(built_book, tmp_path):
+@needs_chromium
+def test_the_browser_check_covers_every_page_of_the_toc(built_book, book_check):
+    book, _ = built_book
+    toc = yaml.safe_load((book / "_toc.yml").read_text())
+    listed = {f"{f}.html" for f in browser_check._toc_files(toc)}
+    assert not book_check.missing, f"listed in _toc.yml but not built: {book_check.missing}"
+    assert listed <= set(book_check.pages), sorted(listed - set(book_check.pages))
+    # pages the toc does not list but the pages link to (the index of terms, the search page) load too
+    assert "genindex.html" in book_check.pages and "search.html" in book_check.pages, sorted(book_check.pages)
+
+
+@pytest.mark.book
+@needs_chromium
+def test_every_page_loads_without_a_console_error(book_check):
+    bad = _pages_with(book_check, "console error")
+    assert not bad, "SEVERE console entries:\n" + _listing(bad)
+
+
+@pytest.mark.book
+@needs_chromium
+def test_every_image_and_internal_link_of_the_book_resolves(book_check):
+    assert sum(len(c.images) for c in book_check.pages.values()) >= 20
+    assert sum(c.n_links for c in book_check.pages.values()) >= 100
+    bad = {**_pages_with(book_check, "image not loaded"), **_pages_with(book_check, "broken link")}
+    assert not bad, "images or links that do not resolve:\n" + _listing(bad)
+
+
+@pytest.mark.book
+@needs_chromium
+def test_formulas_are_rendered_on_every_page(book_check):
+    with_math = {p for p, c in book_check.pages.items() if c.n_math}
+    # the check is not empty: the theory page and every chapter from the 2D one on have formulas
+    assert {"theory.html", "_generated/01_circles.html"} <= with_math, sorted(with_math)
+    bad = {}
+    for kind in ("formulas not rendered", "MathJax error", "raw TeX"):
+        for page, probs in _pages_with(book_check, kind).items():
+            bad.setdefault(page, []).extend(probs)
+    assert not bad, "formulas MathJax did not render:\n" + _listing(bad)
+
+
+@pytest.mark.book
+@needs_chromium
+def test_no_page_contains_a_path_of_the_build_machine(book_check):
+    bad = _pages_with(book_check, "machine path")
+    assert not bad, "paths of the build machine in the HTML:\n" + _listing(bad)
+
+
+@pytest.mark.book
+@needs_chromium
+def test_a_screenshot_of_each_page_is_written_beside_the_build(built_book, book_check):
+    book, _ = built_book
+    assert book_check.pages["index.html"].redirect == "intro.html"  # Jupyter Book's index redirects
+    for page, c in book_check.pages.items():
+        if c.redirect is not None:  # the browser shows the target, which has its own screenshot
+            assert c.screenshot is None
+            continue
+        shot = book / "_build" / "screenshots" / (page[: -len(".html")] + ".png")
+        assert c.screenshot == shot and shot.is_file(), page
+        head = shot.read_bytes()[:24]
+        assert head[:8] == b"\x89PNG\r\n\x1a\n", page
+        width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+        assert width >= 1200 and height >= 600, (page, width, height)  # the window's width, the whole page
+
+
+@pytest.mark.book
+@needs_chromium
+def test_chapter_renders_in_a_real_browser(built_book, book_check):
     book, _ = built_book
     page = book / "_build" / "html" / "_generated" / "01_circles.html"
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={tmp_path / 'profile'}", "--allow-file-access-from-files",
-           "--virtual-time-budget=20000", "--dump-dom", page.as_uri()]
-    dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
+    c = book_check.pages["_generated/01_circles.html"]
     # MathJax ran in the browser and typeset the formulas as SVG
-    assert len(re.findall(r"<mjx-container[^>]*jax=\"SVG\"", dom)) >= 3
-    assert "<svg" in dom
-    # the figures are on the page, with their captions, and the files exist
-    imgs = re.findall(r'<img[^>]*src="([^"]+\.png)"', dom)
-    assert len(imgs) >= 3
-    for src in imgs:
+    assert c.n_svg >= 3 and c.n_svg == c.n_typeset
+    # the figures are on the page, loaded, with their captions, and the files exist
+    pngs = [s for s in c.images if s.endswith(".png")]
+    assert len(pngs) >= 3 and not c.broken_images
+    for src in pngs:
         assert (page.parent / src).resolve().exists(), src
-    assert "Thesis Figure 3.1 recomputed" in dom
+    assert "Thesis Figure 3.1 recomputed" in c.text
+
+
+# ------------------------------------------------------------------ the check itself, on a made-up site
+
+_PNG_1x1 = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==")
+
+
+def _site(root: Path) -> Path:
+    """A two-page book as Jupyter Book would leave it, with one of every problem on bad.html."""
+    import mathjax
+
+    html = root / "_build" / "html"
+    (html / "mathjax").mkdir(parents=True)
+    shutil.copy(Path(mathjax.__file__).parent / "static" / "mathjax" / "es5" / "tex-svg.js", html / "mathjax")
+    (html / "fig.png").write_bytes(_PNG_1x1)
+    (root / "_toc.yml").write_text("format: jb-book\nroot: home\nchapters:\n  - file: good\n"
+                                   "  - file: bad\n  - file: gone\n")
+    mj = '<script defer src="mathjax/tex-svg.js"></script>'
+    refresh = '<html><head><meta http-equiv="Refresh" content="0; url={}" /></head></html>'
+    (html / "index.html").write_text(refresh.format("home.html"))
+    (html / "moved.html").write_text(refresh.format("elsewhere.html"))
+    (html / "home.html").write_text('<html><body><h1 id="top">Book</h1>'
+                                    '<a href="good.html">good</a> <a href="bad.html">bad</a></body></html>')
+    (html / "good.html").write_text(
+        f'<html><head>{mj}</head><body><p>A formula <span class="math">\\(x^2 + y^2\\)</span>.</p>'
+        '<div class="math">\\[\\lVert L(x) - L(x^*) \\rVert^2 < \\tau\\]</div>'
+        '<img src="fig.png"> <a href="home.html#top">top</a> <a href="#">here</a> '
+        '<a href="https://example.org/x">out</a> <a href="extra.html">more</a></body></html>')
+    (html / "extra.html").write_text('<html><body><p>Reached by a link only.</p></body></html>')
+    (html / "bad.html").write_text(
+        '<html><head><script src="missing.js"></script></head><body>'
+        '<p>Unrendered <span class="math">\\(a+b\\)</span> and $$c$$.</p>'
+        '<img src="nowhere.png"> <a href="lost.html">lost</a> <a href="good.html#nope">no anchor</a>'
+        '<a href="/etc/passwd">absolute</a> <a href="moved.html">moved</a>'
+        '<pre>output_dir = "/home/someone/book/_generated/01"</pre></body></html>')
+    return root
+
+
+@needs_chromium
+def test_the_browser_check_finds_each_kind_of_problem(tmp_path):
+    book = _site(tmp_path / "book")
+    with chromium() as driver:
+        result = browser_check.check_book(book, driver=driver)
+    assert list(result.pages) == ["index.html", "home.html", "good.html", "bad.html", "extra.html", "moved.html"]
+    assert result.missing == ["gone.html"]
+    probs = result.problems()
+    assert set(probs) == {"bad.html", "moved.html", "gone.html"}, _listing(probs)
+    assert result.pages["index.html"].redirect == "home.html" and result.pages["index.html"].screenshot is None
+    assert probs["moved.html"] == ["broken link: elsewhere.html: no file elsewhere.html"]
+    good = result.pages["good.html"]
+    assert (good.n_math, good.n_typeset, good.n_svg, good.n_links) == (2, 2, 2, 3)
+    assert good.images == ["fig.png"] and "A formula" in good.text
+    bad = "\n".join(probs["bad.html"])
+    assert "console error" in bad and "missing.js" in bad
+    assert "image not loaded: nowhere.png" in bad
+    assert "broken link: lost.html: no file lost.html" in bad
+    assert "broken link: good.html#nope: no id 'nope' in good.html" in bad
+    assert "broken link: /etc/passwd: an absolute path" in bad
+    assert "formulas not rendered: MathJax typeset 0 of 1 math elements" in bad
+    assert "raw TeX in the visible text" in bad and "$$c$$" in bad and "\\(a+b\\)" in bad
+    assert "machine path in the HTML" in bad and "/home/someone/book/_generated/01" in bad
+    # the path inside <pre> is still found: the check reads the HTML source, not the visible text
+    for page in ("home.html", "good.html", "bad.html", "extra.html"):
+        shot = book / "_build" / "screenshots" / page.replace(".html", ".png")
+        assert shot.read_bytes()[:4] == b"\x89PNG", page
+
+
+def test_machine_paths_reports_each_path_once_with_its_context(tmp_path):
+    book = tmp_path / "book"
+    src = f'<p>x = "{book}/_generated/02"</p>\n<p>and /root/.cache and /work/nothing</p><p>/usr/share is fine</p>'
+    found = browser_check.machine_paths(src, book=book, repo=Path("/nowhere/repo"))
+    assert len(found) == 3, found  # the book's own path (under /tmp/) counts once
+    assert f"{book}/_generated/02" in found[0] and "/root/.cache" in found[1] and "/work/nothing" in found[2]
+    assert browser_check.machine_paths("<p>/usr/share/doc and https://example.org/tmp/x</p>", repo=Path("/r")) == []
+
+
+def test_the_browser_check_refuses_a_folder_with_no_built_book(tmp_path):
+    with pytest.raises(ValueError, match=r"book=.*no built book there"):
+        browser_check.check_book(tmp_path)
 
 
 @pytest.mark.book
