@@ -14,11 +14,12 @@ import numpy as np
 from torch import nn
 
 from equidiff._validate import bad, check_choice, check_folder, check_int, check_num
+from equidiff.report.explorer import SAMPLES_FILE
 from equidiff.report.glue import Text, as_is, words
 from equidiff.worlds.circles import (CirclesConfig, check_point, coverage, invariants_2d, level_curves,
                                      probability_of, typical_norm)
 
-__all__ = ["analyse_query", "check_parameters", "prose_values", "OPTIMIZERS", "COVERAGE_RADIUS", "MANIFOLD_RADIUS"]
+__all__ = ["analyse_query", "check_parameters", "prose_values", "save_explorer_samples", "OPTIMIZERS", "COVERAGE_RADIUS", "MANIFOLD_RADIUS"]
 
 OPTIMIZERS = ("adam", "newton", "sgd")  # the optimisers of the notebook (analyse_query's lr defaults cover these)
 COVERAGE_RADIUS = 0.05  # a point of the exact level curve is covered if a returned point lies this close
@@ -133,3 +134,29 @@ def prose_values(model: nn.Module, info: dict, results: list, with_prior: list, 
         "typical_z_norm": typical_norm(free.z.shape[-1]),
     }
     return {k: as_is(v) if isinstance(v, str) else v for k, v in values.items()}
+
+
+def save_explorer_samples(output_dir, with_prior: list):
+    """Write ``<output_dir>/explorer_samples.json`` for the book's interactive explorer
+    (:func:`equidiff.report.explorer.export_explorer`): each query, its p = f(x*), and its EquiDiff samples
+    through the 2D diffusion prior (``with_prior``: :func:`analyse_query` of every query through the prior;
+    the converged points, coordinates rounded to 1e-6). Reads the results only: no number of the chapter
+    changes. Returns the path."""
+    import json
+    from pathlib import Path
+
+    if not isinstance(with_prior, (list, tuple)) or not with_prior or \
+            not all(isinstance(r, dict) and {"point", "p", "points"} <= set(r) for r in with_prior):
+        raise bad("with_prior", type(with_prior).__name__, "a non-empty list of analyse_query results")
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    record = {
+        "queries": [[float(v) for v in r["point"]] for r in with_prior],
+        "p": [float(r["p"]) for r in with_prior],
+        "tau": float(with_prior[0]["tau"]),
+        "n_requested": int(with_prior[0]["n_requested"]),
+        "samples": [np.round(np.asarray(r["points"], dtype=np.float64).reshape(-1, 2), 6).tolist() for r in with_prior],
+    }
+    path = out / SAMPLES_FILE
+    path.write_text(json.dumps(record))
+    return path
