@@ -10,5 +10,6 @@ _warnings.filterwarnings("ignore", message="IProgress not found")
 from equidiff.core.objectives import Objective, from_function, logits, probabilities, class_logit, class_probability, lowpassed
 from equidiff.core.invariants import InvariantConfig, InvariantResult, find_invariants, iterate_invariants
 from equidiff.core.priors import IdentityPrior
+from equidiff.core.wrap import InputConvention, WrappedModel, layer_channel, wrap_model
 
 __version__ = "0.1.0"

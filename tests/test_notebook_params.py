@@ -21,14 +21,14 @@ import papermill as pm
 import pytest
 
 from equidiff.build import PROFILES
-from equidiff.chapters import applications, circles, classifier, neurons, sae, world
+from equidiff.chapters import applications, circles, classifier, neurons, own_model, sae, world
 from equidiff.report.record import KERNEL_NAMES, check_notebook_parameters, notebook_defaults
 
 ROOT = Path(__file__).resolve().parent.parent
 NAN = float("nan")
 CHECKS = {"00_world": world.check_parameters, "01_circles": circles.check_parameters, "02_neurons": neurons.check_parameters,
           "03_sae": sae.check_parameters, "04_classifier": classifier.check_parameters,
-          "05_applications": applications.check_parameters}
+          "05_applications": applications.check_parameters, "06_own_classifier": own_model.check_parameters}
 
 
 def _check(notebook, **changes):
@@ -65,6 +65,7 @@ def test_defaults_and_smoke_profile_pass(name):
     ("03_sae", "feature", "features"),
     ("04_classifier", "cutof", "cutoffs"),
     ("05_applications", "marker_rates", "marker_rate"),
+    ("06_own_classifier", "chanel", "channel"),
 ])
 def test_unknown_parameter_is_named_with_the_closest_one(name, typo, meant):
     with pytest.raises(ValueError, match=re.escape(f"unknown parameter {typo!r}; did you mean {meant!r}?")):
@@ -144,6 +145,15 @@ BAD = {
         ("select_space", "features"), ("neuron", -1), ("neuron", 5.5), ("neuron_samples", 1), ("neuron_steps", -1),
         ("circle_query", []), ("circle_query", [0.5, NAN]), ("output_dir", 0),
     ],
+    "06_own_classifier": [
+        ("profile", "paper"), ("profile", None), ("seed", -1), ("seed", NAN), ("query_index", -1),
+        ("query_index", "0"), ("fit", "crop"), ("fit", None), ("interpolation", "nearest"), ("interpolation", 3),
+        ("measure", "logit"), ("layer", "conv1"), ("layer", "features.1"), ("layer", []), ("channel", -1),
+        ("channel", 64), ("channel", 2.5), ("channel", "3"), ("reduce", "max"), ("n_samples", 1), ("n_samples", "8"),
+        ("steps", -1), ("steps", NAN), ("ddim_steps", 0), ("tau", NAN), ("tau", 0), ("optimizer", "rmsprop"),
+        ("lr", 0), ("lr", NAN), ("keep_norm", "yes"), ("lowpass_cutoff", 1.0), ("lowpass_cutoff", NAN),
+        ("output_dir", ""),
+    ],
 }
 
 
@@ -216,6 +226,12 @@ PAPERMILL = [
     ("05_applications", "unknown name", "marker_rates", 0.5, "marker_rate"),
     ("05_applications", "empty list", "circle_query", [], "circle_query"),
     ("05_applications", "NaN", "novelty_weight", NAN, "novelty_weight"),
+    ("06_own_classifier", "wrong type", "channel", "3", "channel"),
+    ("06_own_classifier", "out of range", "channel", 64, "channel"),
+    ("06_own_classifier", "unknown name", "chanel", 3, "channel"),
+    ("06_own_classifier", "empty list", "layer", [], "layer"),
+    ("06_own_classifier", "NaN", "tau", NAN, "tau"),
+    ("06_own_classifier", "wrong type", "profile", "paper", "profile"),
 ]
 # good runs of the same first cells: nothing of the kernel is taken for a parameter; 05 loads its world
 GOOD = ["01_circles", "05_applications"]
