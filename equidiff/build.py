@@ -205,12 +205,13 @@ def _register_engine() -> None:
 @contextlib.contextmanager
 def _kernel_env(progress_log: Path):
     """The environment a chapter's kernel starts with: ``$EQUIDIFF_PROGRESS_LOG`` set; relative
-    ``$EQUIDIFF_CACHE`` and ``$PYTHONPATH`` entries made absolute (the kernel runs in the book folder)."""
+    ``$EQUIDIFF_CACHE`` and ``$PYTHONPATH`` entries and the log itself made absolute (the kernel runs in
+    the book folder: a build started with a relative ``--book`` once wrote its progress nowhere)."""
     from equidiff.training import PROGRESS_LOG
 
     old = {k: os.environ.get(k) for k in (PROGRESS_LOG, "EQUIDIFF_CACHE", "PYTHONPATH")}
     try:
-        os.environ[PROGRESS_LOG] = str(progress_log)
+        os.environ[PROGRESS_LOG] = str(Path(progress_log).resolve())  # the kernel runs in the book folder
         if old["EQUIDIFF_CACHE"]:
             os.environ["EQUIDIFF_CACHE"] = str(Path(old["EQUIDIFF_CACHE"]).resolve())
         if old["PYTHONPATH"]:

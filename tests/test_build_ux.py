@@ -262,3 +262,13 @@ def test_write_metrics_records_the_models_a_notebook_run_loaded(tmp_path, monkey
     assert got["loaded_models"]["tiny-linear-0123"] == weights and got["machine"] == {"cpu": "Test CPU", "cores": 1}
     kept = json.loads(record.write_metrics(tmp_path / "own", {"machine": "mine"}, models={}).read_text())
     assert kept == {"machine": "mine", "loaded_models": {}}
+
+
+def test_the_progress_log_a_kernel_gets_is_absolute_for_a_relative_book(tmp_path, monkeypatch):
+    """The kernel runs in the book folder: a relative log path (``--book book``) would point nowhere."""
+    from equidiff.training import PROGRESS_LOG
+
+    monkeypatch.chdir(tmp_path)
+    with build._kernel_env(Path("book/_generated/.x.progress.jsonl")):
+        path = Path(os.environ[PROGRESS_LOG])
+    assert path.is_absolute() and path == tmp_path / "book" / "_generated" / ".x.progress.jsonl"
