@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 
-from equidiff.chapters.own_model import FITS
+from equidiff.chapters.own_model import CCEXAM, FITS
 from equidiff.report.glue import Text, words
 
 __all__ = ["NA", "prose_values"]
@@ -86,6 +86,7 @@ def prose_values(world, query, choice, rows: dict, accuracy: dict, settings, *, 
         "model_name": Text(model_name), "conversion": Text(conversion), "fit": Text(fit),
         "interpolation": Text(interpolation),
         "image_size": Text("×".join(map(str, query.image.shape[-2:]))),
+        "model_mean": CCEXAM["mean"], "model_std": CCEXAM["std"],  # the model's own normalisation
         "n_heldout": len(world.test_images), "heldout_what": Text(f"held-out {world.image_noun}"),
         "acc_used": accuracy[fit][interpolation],
         "acc_pad": accuracy["pad"][interpolation], "acc_stretch": accuracy["stretch"][interpolation],

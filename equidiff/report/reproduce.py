@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import platform
 import re
 import shlex
 from pathlib import Path
@@ -68,20 +67,9 @@ def papermill_option(k: str, v) -> str:
 def machine_line(m: dict | None) -> str:
     """One line for the machine record (equidiff.training.machine); the build's own when the run wrote none."""
     if not m:
-        from importlib import metadata
+        from equidiff.training import machine
 
-        def version(dist):
-            try:
-                return metadata.version(dist)
-            except metadata.PackageNotFoundError:
-                return "not installed"
-
-        cpu = platform.processor() or platform.machine()
-        with contextlib.suppress(OSError):
-            cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                        if ln.startswith("model name")), cpu)
-        m = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-             "torch": version("torch"), "diffusers": version("diffusers"), "timm": version("timm")}
+        m = machine()
     threads = f", {m['torch_threads']} torch thread(s)" if m.get("torch_threads") is not None else ""
     libs = ", ".join(f"{k} {m[k]}" for k in ("torch", "diffusers", "timm") if m.get(k))
     return f"{m.get('cpu', '?')}, {m.get('cores', '?')} core(s){threads}; Python {m.get('python', '?')}, {libs}"
