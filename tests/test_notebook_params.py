@@ -237,23 +237,25 @@ PAPERMILL = [
 GOOD = ["01_circles", "05_applications"]
 
 
-def _head(name: str, folder: Path) -> tuple[Path, int]:
+def _head(name: str, folder: Path, tag: str = "") -> tuple[Path, int]:
     """A copy of the notebook up to its first code cell after ``parameters``; the index that cell has once
-    papermill has injected its parameters cell."""
+    papermill has injected its parameters cell. ``tag`` names the copy: jobs run two at a time, and one
+    job rewriting a head another is reading gave papermill an empty notebook."""
     nb = json.loads((ROOT / "notebooks" / f"{name}.ipynb").read_text())
     i = next(i for i, c in enumerate(nb["cells"]) if "parameters" in c["metadata"].get("tags", []))
     j = next(j for j in range(i + 1, len(nb["cells"])) if nb["cells"][j]["cell_type"] == "code")
     nb["cells"] = nb["cells"][: j + 1]
-    path = folder / f"{name}_head.ipynb"
+    path = folder / f"{name}_head{tag}.ipynb"
     path.write_text(json.dumps(nb))
     return path, j + 1
 
 
 def _run(job):
     name, params, folder = job
-    head, first = _head(name, folder)
+    key = abs(hash(json.dumps(params, default=str)))
+    head, first = _head(name, folder, f"_{key}")
     try:
-        pm.execute_notebook(str(head), str(folder / f"{name}_{abs(hash(json.dumps(params, default=str)))}.ipynb"),
+        pm.execute_notebook(str(head), str(folder / f"{name}_{key}.ipynb"),
                             parameters=params, kernel_name="python3", cwd=str(ROOT), progress_bar=False,
                             log_output=False)
         return None, first
