@@ -1,6 +1,6 @@
 """Benchmark of the neuron chapter's runs of Algorithm 1: how to spend the machine's cores.
 
-    python benchmarks/bench_neurons.py [--quick] [--json PATH]
+    python benchmarks/bench_neurons.py [--quick] [--samples N] [--steps B] [--json PATH] [--markdown PATH]
 
 Runs the chapter's three neurons (``neurons = "auto"``, its default settings: 32 samples, budget 400,
 L-BFGS, ``restart_after = 100``, DDIM T = 10) three ways, one after the other in this one run:
@@ -13,7 +13,8 @@ L-BFGS, ``restart_after = 100``, DDIM T = 10) three ways, one after the other in
 Prints each way's wall time, its ratio to ``threads``, and whether ``w1`` and ``wN`` returned
 bit-identical samples (they must: every neuron runs on one thread either way). Why it pays: each run
 ends on a handful of slow samples, and a batch of one or two 16×16 images cannot keep two cores busy.
-``--quick``: 8 samples, budget 100 (about two minutes on two cores).
+``--quick``: 8 samples, budget 100 (about two minutes on two cores). ``--markdown``: the table and
+its settings as Markdown, every number from this run (the book's Performance page includes it).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ import time
 
 import torch
 
+from equidiff.training import machine
+
 
 def main() -> None:
     from equidiff.chapters import neurons as eqn
@@ -33,8 +36,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="8 samples, budget 100")
     ap.add_argument("--json", help="also write the figures to this JSON file")
+    ap.add_argument("--markdown", help="also write the table and findings as Markdown (for the book)")
+    ap.add_argument("--samples", type=int, help="samples per neuron (default 32, --quick 8)")
+    ap.add_argument("--steps", type=int, help="budget per sample (default 400, --quick 100)")
     a = ap.parse_args()
     settings = dict(n_samples=8, steps=100) if a.quick else dict(n_samples=32, steps=400)
+    for key, value in (("n_samples", a.samples), ("steps", a.steps)):
+        if value is not None:
+            if value < 1:
+                raise SystemExit(f"--{'samples' if key == 'n_samples' else 'steps'} must be an integer ≥ 1, got {value}")
+            settings[key] = value
     settings.update(ddim_steps=10, tau=0.01, optimizer="lbfgs", lr=1.0, seed=0, restart_after=100)
     world = load_world("cpu")
     table = eqn.neuron_table(world)
@@ -61,13 +72,38 @@ def main() -> None:
     wn = f"w{n_workers}"
     same = all(torch.equal(x.result.x, y.result.x) for x, y in zip(runs["w1"], runs[wn]))
     print(f"\nw1 and {wn} samples bit-identical: {same}")
-    if a.json:
-        out = {"settings": settings, "cpu_cores": os.cpu_count(), "torch_threads": threads,
+    out = {"settings": settings, "cpu_cores": os.cpu_count(), "torch_threads": threads,
                "neurons": [s.channel for s in chosen], "seconds": times,
                "ratio_to_threads": {k: v / base for k, v in times.items()}, "identical_w1_wn": same,
-               "success": {k: [r.metrics["success_rate"] for r in v] for k, v in runs.items()}}
+               "success": {k: [r.metrics["success_rate"] for r in v] for k, v in runs.items()},
+               "restarts": {k: [r.metrics["n_restarted"] for r in v] for k, v in runs.items()},
+               "machine": machine()}
+    if a.json:
         with open(a.json, "w") as f:
             json.dump(out, f, indent=2)
+    if a.markdown:
+        with open(a.markdown, "w") as f:
+            f.write(markdown(out))
+
+
+def markdown(out: dict) -> str:
+    """The side-by-side table and what it shows, every number from ``out``."""
+    s, sec, ratio = out["settings"], out["seconds"], out["ratio_to_threads"]
+    wn = [k for k in sec if k not in ("threads", "w1")][0]
+    label = {"threads": f"one process, {out['torch_threads']} torch threads, neurons one after the other",
+             "w1": "`run_all(workers=1)`: one process, one thread",
+             wn: f"`run_all(workers={wn[1:]})`: {wn[1:]} worker processes, one thread each"}
+    rows = [f"Neurons {', '.join('#' + str(c) for c in out['neurons'])}; {s['n_samples']} samples each, budget "
+            f"{s['steps']}, {s['optimizer']}, `restart_after = {s['restart_after']}`, T = {s['ddim_steps']}; "
+            f"{out['cpu_cores']} CPU cores.", "",
+            "| way | wall time | × the first | success per neuron | restarts per neuron |", "| --- | --- | --- | --- | --- |"]
+    for k in sec:
+        rows.append(f"| {label[k]} | {sec[k]:.1f} s | {ratio[k]:.2f} | "
+                    + ", ".join(f"{v:.2f}" for v in out["success"][k]) + " | "
+                    + ", ".join(str(v) for v in out["restarts"][k]) + " |")
+    same = "returned bit-identical samples" if out["identical_w1_wn"] else "did **not** return identical samples"
+    rows += ["", f"The two `run_all` ways {same} (the script compares them)."]
+    return "\n".join(rows) + "\n"
 
 
 if __name__ == "__main__":  # worker processes import this file again: keep the run under the guard
