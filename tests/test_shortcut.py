@@ -302,3 +302,25 @@ def test_prose_values_are_the_runs_figures_and_cover_the_chapter(smoke):
     assert v["neuron_top_class"] in demo["predicted"].tolist()
     assert v["neuron_concept"] == demo["concept"] and v["neuron_query_label"] == demo["query_label"]
     assert v["circle_n"] == 16 and v["circle_novelty_picks"] >= min(circles["selection"].novelty)
+
+
+def test_queries_are_ranked_by_log_odds_where_float32_probabilities_tie():
+    """Near p = 1 every candidate's float32 probability is 1.0 (and CPUs differ in its last bit); the
+    log-odds still order them, so every machine picks the same queries."""
+    w = sc.ShortcutWorld()
+    _, y = zoo.load_digits16("test")
+    idx = torch.nonzero(y == w.shortcut_class).flatten()
+    boost = torch.zeros(int(y.numel()))
+    boost[idx[-1]], boost[idx[-2]] = 30.0, 25.0  # the last two candidates are the surest, by far
+
+    class Sure(torch.nn.Module):  # class-3 logit 20 (+ boost) for every image: p == 1.0 in float32
+        def forward(self, x):
+            out = torch.zeros(len(x), 10)
+            out[:, w.shortcut_class] = 20.0 + self.extra
+            return out
+
+    model = Sure()
+    model.extra = boost[idx]  # marked_queries feeds the class-3 test images in split order
+    assert bool((torch.softmax(model(torch.zeros(len(idx), 1, 16, 16)), 1)[:, 3] == 1.0).all())
+    _, chosen = sc.marked_queries(model, w, 2)
+    assert chosen == [int(idx[-1]), int(idx[-2])]
