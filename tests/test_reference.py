@@ -62,6 +62,32 @@ def test_counts_may_move_by_their_tolerance_but_sizes_may_not():
                      "neurons[0].sample_label_histogram[3]": False, "parameters.n_samples": False}
 
 
+def test_distance_means_are_not_judged_only_where_samples_did_not_converge():
+    got = _copy(REF)
+    got["neurons"][0]["l2_mean"] = 5.0  # every sample converged: a mean of distances under τ is judged
+    (d,) = C.compare_metrics("x", REF, got)
+    assert (d.path, d.within) == ("neurons[0].l2_mean", False)
+    ref = _copy(REF)
+    ref["neurons"][0]["success_rate"] = 0.9  # some samples stopped by the budget set the mean
+    got = _copy(ref)
+    got["neurons"][0]["l2_mean"] = 5.0
+    got["neurons"][0]["success_rate"] = 0.85  # the share itself is still judged (within 0.05 + 25 %)
+    diffs = {d.path: (d.within, d.allowed) for d in C.compare_metrics("x", ref, got)}
+    assert diffs["neurons[0].l2_mean"] == (True, "tail")
+    assert diffs["neurons[0].success_rate"][0] is True
+    assert "not judged" in [d for d in C.compare_metrics("x", ref, got) if d.path.endswith("l2_mean")][0].line()
+
+
+def test_spreads_and_steps_have_their_own_tolerances():
+    ref = {"curve": {"std": [0.174, 0.1]}, "steps_median": 14.0, "steps": 100}
+    got = {"curve": {"std": [0.03, 0.24]}, "steps_median": 10.0, "steps": 131}
+    diffs = {d.path: d.within for d in C.compare_metrics("x", ref, got)}
+    assert diffs == {"curve.std[0]": True,  # 0.144 ≤ 0.05 + 100 % of 0.174
+                     "curve.std[1]": True,  # 0.14 ≤ 0.05 + 100 % of 0.1
+                     "steps_median": True,  # 4 ≤ 30 % of 14
+                     "steps": False}  # 31 > 30 % of 100
+
+
 def test_missing_and_new_keys_and_chapters_are_differences(tmp_path):
     got = _copy(REF)
     del got["fid"]
@@ -101,3 +127,10 @@ def test_the_smoke_build_says_what_the_committed_smoke_reference_says(built_book
     diffs = C.compare_build(book, "smoke")
     bad = [d.line() for d in diffs if not d.within]
     assert not bad, "\n".join(bad)
+
+
+def test_the_books_tolerance_table_is_the_one_the_command_applies():
+    from pathlib import Path
+    table = Path(__file__).resolve().parent.parent / "book" / "_tables" / "tolerances.md"
+    assert table.read_text() == C.tolerance_table()
+    assert "max(2, 15 %)" in C.tolerance_table() and "`l2_mean`" in C.tolerance_table()

@@ -9,7 +9,7 @@ identifying integer of a chapter's record) and its measurements agree within the
 ``--update`` rewrites it from the build (maintainers, after a deliberate change). The command prints
 every difference, one line each, and exits 1 when any is outside its tolerance.
 
-Tolerances (stated in the book's Performance page and the README):
+Tolerances (stated in the README and, from :func:`tolerance_table`, on the book's Performance page):
 
 * strings, bools and integers: equal (the choices and the sizes of the run), except counts of
   samples (keys in :data:`COUNT_KEYS`, and lists of integers such as label histograms) which may
@@ -144,6 +144,22 @@ def _compare(chapter: str, path: str, key: str, ref, got, out: list[Difference],
         out.append(Difference(chapter, path, ref, got, f"± {tol:.3g}", math.isfinite(g) and abs(g - r) <= tol))
         return
     out.append(Difference(chapter, path, ref, got, "same type", False))
+
+
+def tolerance_table() -> str:
+    """The tolerances as a Markdown table (``book/_tables/tolerances.md``, included by the Performance page)."""
+    pct = lambda v: f"{100 * v:g} %"  # noqa: E731
+    rows = ["| figure | a build may differ from the reference by |", "| --- | --- |",
+            "| choices: every string, flag and identifying integer (neurons, features, queries, labels, verdicts) | nothing |",
+            f"| counts of outcomes (samples converged or restarted, label histograms) | max({COUNT_ATOL}, {pct(COUNT_RTOL)}) |",
+            f"| steps to τ | max({COUNT_ATOL}, {pct(STEPS_RTOL)}) |",
+            f"| other numbers | {FLOAT_ATOL:g} + {pct(FLOAT_RTOL)} of the reference |"]
+    for key, tol in RTOL.items():
+        rows.append(f"| numbers whose name holds `{key}` | {FLOAT_ATOL:g} + {pct(tol)} of the reference |")
+    rows.append("| mean and spread of per-sample distances (" + ", ".join(f"`{k}`" for k in sorted(TAIL_KEYS))
+                + ") where some samples did not reach τ | not judged (printed) |")
+    rows.append("| wall-clock times, folders, the machine | not compared |")
+    return "\n".join(rows) + "\n"
 
 
 def compare_metrics(chapter: str, reference: dict, build: dict) -> list[Difference]:
