@@ -27,10 +27,12 @@ Tolerances (stated in the README and, from :func:`tolerance_table`, on the book'
   profile's tiny models, trained on each machine, are not compared);
 * wall-clock figures, the run's own folder, the machine and timestamps (:data:`IGNORED`) are not compared.
 
-Calibrated on two CPUs with the shipped weights (2026-12-02): the committed cpu reference was built
-on an AMD EPYC, a fresh clone on an Intel Xeon differed from it in 423 figures, every one within
-these tolerances once the applications chapter ranked its queries by log-odds (before, a float32 tie
-at p = 1 picked different test digits on the two machines).
+Checked on two machines with the shipped weights (2026-12-02): the committed cpu reference and a
+fresh clone built on another host — both 2-core, 2 torch threads, same library versions, both
+reporting "AMD EPYC" — differed in about 400 figures (the kernels torch picks and their rounding
+can differ between hosts of one model name), every one within these tolerances once the
+applications chapter ranked its queries by log-odds (before, a float32 tie at p = 1 picked
+different test digits on the two hosts).
 """
 
 from __future__ import annotations
