@@ -29,8 +29,8 @@ Tolerances (stated in the README and, from :func:`tolerance_table`, on the book'
 
 Checked on two machines with the shipped weights (2026-12-02): the committed cpu reference and a
 fresh clone built on another host — both 2-core, 2 torch threads, same library versions, both
-reporting "AMD EPYC" — differed in about 400 figures (the kernels torch picks and their rounding
-can differ between hosts of one model name), every one within these tolerances once the
+reporting "AMD EPYC" — differed in about 400 figures (probably the kernels torch picks and their
+rounding on each host; the cause was not isolated), every one within these tolerances once the
 applications chapter ranked its queries by log-odds (before, a float32 tie at p = 1 picked
 different test digits on the two hosts).
 """
