@@ -8,12 +8,10 @@
   are centred, and at this budget shifts cost more sample quality than they bought.
   Samples are in [-1, 1]. The scheduler keeps diffusers' default ``timestep_spacing="leading"``,
   which a DDIM chain built from it inherits (``DDIMScheduler.from_config``): 10 steps visit
-  t = 900, 800, ..., 0. Starting at t = 999 instead ("trailing") makes the chain much harder to
-  optimise through: with cosine betas ᾱ_999 ≈ 0, so the first x0 estimate is ill-conditioned.
-  Measured on the shipped prior (2026-12-02): trailing raises the share of unoptimised 10-step
-  samples the judge is confident about a little (0.849 against 0.815), but neuron #40's run of
-  Algorithm 1 (32 samples, budget 400, L-BFGS, one thread) reaches τ with 16 % of its samples
-  against 84 % with "leading". (On an earlier trial model trailing was also worse unoptimised.)
+  t = 900, 800, ..., 0. Starting at t = 999 ("trailing") makes the chain much harder to optimise
+  through (ᾱ_999 ≈ 0 with cosine betas: the first x0 estimate is ill-conditioned). On the shipped
+  prior (2026-12-02) it lifts the unoptimised confident share a little (0.849 vs 0.815), but neuron
+  #40 (32 samples, budget 400, L-BFGS, one thread) reaches τ with 16 % of samples vs 84 % (leading).
 * **Classifier** — a small timm ResNet (``timm.models.resnet.ResNet``, ``pretrained=False``;
   BasicBlocks, SiLU activations, not in-place) whose stem runs at stride 1 without max-pool,
   so on 16×16 inputs its four stages run at 16, 8, 4 and 4 pixels (the last one dilated,
