@@ -350,22 +350,22 @@ def goals_and_findings(out: dict) -> str:
     hf = out["high_freq_share"]
     f3 = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
     steps20 = int(GOALS["seconds"]["neuron"] / st["T10_ckpt"])
-    facts = [
-        "",
-        f"- **Neuron objective, Adam against L-BFGS:** Adam reaches τ with {pct(na['success_rate'])} of the samples "
-        f"(median final loss {na['loss_median']:.3g}); the per-sample L-BFGS with {pct(nl['success_rate'])}, in a "
-        f"median of {nl['steps_median']:.0f} steps (slowest {nl['steps_max']})." if nl["steps_median"] is not None else
-        f"- **Neuron objective:** Adam {pct(na['success_rate'])}, L-BFGS {pct(nl['success_rate'])} of the samples below τ.",
-        f"- **Step cost:** one checkpointed step of {n} samples at T = 10 costs {st['T10_ckpt']:.2f} s "
-        f"({st['T10_nockpt']:.2f} s without checkpointing), so {GOALS['seconds']['neuron']:.0f} s buy about "
-        f"{steps20} steps.",
-        f"- **Memory:** at T = 10 an un-checkpointed step needs {out['peak_mib']['T10_nockpt']:.0f} MiB, a checkpointed "
-        f"one {out['peak_mib']['T10_ckpt']:.0f} MiB." if out["peak_mib"].get("T10_ckpt") else "",
-        f"- **Spectra:** share of power above half Nyquist {f3(hf['real'])} for real digits, {f3(hf['equidiff'])} for "
-        f"the EquiDiff samples, {f3(hf['pixel'])} for the pixel-space baseline.",
-        "",
-    ]
-    return "\n".join(rows + [x for x in facts if x is not None])
+    if nl["steps_median"] is not None:
+        facts = [f"- **Neuron objective, Adam against L-BFGS:** Adam reaches τ with {pct(na['success_rate'])} of the "
+                 f"samples (median final loss {na['loss_median']:.3g}); the per-sample L-BFGS with "
+                 f"{pct(nl['success_rate'])}, in a median of {nl['steps_median']:.0f} steps (slowest {nl['steps_max']})."]
+    else:
+        facts = [f"- **Neuron objective:** Adam {pct(na['success_rate'])}, L-BFGS {pct(nl['success_rate'])} of the "
+                 f"samples below τ."]
+    facts.append(f"- **Step cost:** one checkpointed step of {n} samples at T = 10 costs {st['T10_ckpt']:.2f} s "
+                 f"({st['T10_nockpt']:.2f} s without checkpointing), so {GOALS['seconds']['neuron']:.0f} s buy about "
+                 f"{steps20} steps.")
+    if out["peak_mib"].get("T10_ckpt"):
+        facts.append(f"- **Memory:** at T = 10 an un-checkpointed step needs {out['peak_mib']['T10_nockpt']:.0f} MiB, "
+                     f"a checkpointed one {out['peak_mib']['T10_ckpt']:.0f} MiB.")
+    facts.append(f"- **Spectra:** share of power above half Nyquist {f3(hf['real'])} for real digits, "
+                 f"{f3(hf['equidiff'])} for the EquiDiff samples, {f3(hf['pixel'])} for the pixel-space baseline.")
+    return "\n".join(rows + [""] + facts + [""])
 
 
 if __name__ == "__main__":

@@ -26,11 +26,10 @@ import time
 
 import torch
 
-from equidiff.training import machine
-
 
 def main() -> None:
     from equidiff.chapters import neurons as eqn
+    from equidiff.training import machine
     from equidiff.worlds import load_world
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -73,11 +72,11 @@ def main() -> None:
     same = all(torch.equal(x.result.x, y.result.x) for x, y in zip(runs["w1"], runs[wn]))
     print(f"\nw1 and {wn} samples bit-identical: {same}")
     out = {"settings": settings, "cpu_cores": os.cpu_count(), "torch_threads": threads,
-               "neurons": [s.channel for s in chosen], "seconds": times,
-               "ratio_to_threads": {k: v / base for k, v in times.items()}, "identical_w1_wn": same,
-               "success": {k: [r.metrics["success_rate"] for r in v] for k, v in runs.items()},
-               "restarts": {k: [r.metrics["n_restarted"] for r in v] for k, v in runs.items()},
-               "machine": machine()}
+           "neurons": [s.channel for s in chosen], "seconds": times,
+           "ratio_to_threads": {k: v / base for k, v in times.items()}, "identical_w1_wn": same,
+           "success": {k: [r.metrics["success_rate"] for r in v] for k, v in runs.items()},
+           "restarts": {k: [r.metrics["n_restarted"] for r in v] for k, v in runs.items()},
+           "machine": machine()}
     if a.json:
         with open(a.json, "w") as f:
             json.dump(out, f, indent=2)

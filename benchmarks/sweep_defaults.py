@@ -136,13 +136,16 @@ def sweep_findings(rows: list, real: dict, label: int, query_index: int, n: int,
     by = {r["setting"]: r for r in rows if "diverged" not in r}
     adam = [r for r in by.values() if r["setting"].startswith("Adam")]
     sgd = [r for r in by.values() if r["setting"].startswith("SGD")]
-    rng = lambda rs, k, spec: (f"{min(r[k] for r in rs):{spec}}–{max(r[k] for r in rs):{spec}}"  # noqa: E731
-                               if all(r[k] is not None for r in rs) else "n/a")
     pct = lambda v: f"{100 * v:.0f} %"  # noqa: E731
 
+    def rng(rs, k, spec, scale=1.0, unit=""):  # "lo–hi" of field k over rows rs ("n/a" if any is missing)
+        if not all(r[k] is not None for r in rs):
+            return "n/a"
+        lo, hi = scale * min(r[k] for r in rs), scale * max(r[k] for r in rs)
+        return f"{lo:{spec}}{unit}" if lo == hi and unit else f"{lo:{spec}}–{hi:{spec}}{unit}"
+
     def prng(rs):  # success range of some rows, in per cent
-        lo, hi = min(r["success_rate"] for r in rs), max(r["success_rate"] for r in rs)
-        return pct(lo) if lo == hi else f"{100 * lo:.0f}–{100 * hi:.0f} %"
+        return rng(rs, "success_rate", ".0f", 100.0, " %")
 
     out = [f"Measured on test digit #{query_index} (a {label}), {n} samples per setting, budget B = {steps}, "
            f"{threads} torch thread{'s' if threads != 1 else ''}:", ""]

@@ -83,6 +83,10 @@ def _is_count(key: str) -> bool:
     return key in COUNT_KEYS or "histogram" in key or key.endswith("_counts")
 
 
+def _count_tolerance(key: str, ref: float) -> float:
+    return max(COUNT_ATOL, (STEPS_RTOL if key in STEPS_KEYS else COUNT_RTOL) * abs(ref))
+
+
 def _unconverged(record: dict) -> bool:
     rate = record.get("success_rate")
     return isinstance(rate, (int, float)) and not isinstance(rate, bool) and rate < 1
@@ -115,7 +119,7 @@ def _compare(chapter: str, path: str, key: str, ref, got, out: list[Difference],
             out.append(Difference(chapter, path, f"{len(ref)} items", f"{len(got)} items", "same length", False))
             return
         for i, (r, g) in enumerate(zip(ref, got)):
-            _compare(chapter, f"{path}[{i}]", key, r, g, out)  # list items: records of their own
+            _compare(chapter, f"{path}[{i}]", key, r, g, out, tail)
         return
     if isinstance(ref, bool) or isinstance(got, bool) or isinstance(ref, str) or isinstance(got, str) \
             or ref is None or got is None:
@@ -126,7 +130,7 @@ def _compare(chapter: str, path: str, key: str, ref, got, out: list[Difference],
         if ref == got:
             return
         if _is_count(key):
-            tol = max(COUNT_ATOL, (STEPS_RTOL if key in STEPS_KEYS else COUNT_RTOL) * abs(ref))
+            tol = _count_tolerance(key, ref)
             out.append(Difference(chapter, path, ref, got, f"± {tol:g}", abs(got - ref) <= tol))
         else:
             out.append(Difference(chapter, path, ref, got, "equal", False))
@@ -138,8 +142,8 @@ def _compare(chapter: str, path: str, key: str, ref, got, out: list[Difference],
         if tail and key in TAIL_KEYS:
             out.append(Difference(chapter, path, ref, got, "tail", True))
             return
-        if key in STEPS_KEYS:
-            tol = max(COUNT_ATOL, STEPS_RTOL * abs(r))
+        if key in STEPS_KEYS:  # steps medians are floats
+            tol = _count_tolerance(key, r)
             out.append(Difference(chapter, path, ref, got, f"± {tol:.3g}", math.isfinite(g) and abs(g - r) <= tol))
             return
         tol = FLOAT_ATOL + _rtol(key) * abs(r)

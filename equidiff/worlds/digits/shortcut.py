@@ -220,10 +220,10 @@ def marked_queries(model, world: ShortcutWorld, n: int, split: str = "test") -> 
     x = add_marker(images[idx], world.marker_size)
     m = getattr(model, "model", model)
     with torch.no_grad():
-        logp = torch.log_softmax(m(x).double(), 1)  # (n_c, classes)
+        z = m(x).double()  # (n_c, classes) logits
     c = world.shortcut_class
-    others = torch.cat([logp[:, :c], logp[:, c + 1:]], 1)  # (n_c, classes − 1)
-    log_odds = logp[:, c] - torch.logsumexp(others, 1)  # (n_c,) log(p / (1 − p)), stable near p = 1
+    others = torch.cat([z[:, :c], z[:, c + 1:]], 1)  # (n_c, classes − 1)
+    log_odds = z[:, c] - torch.logsumexp(others, 1)  # (n_c,) log(p / (1 − p)), stable near p = 1
     order = sorted(range(len(idx)), key=lambda i: (-round(float(log_odds[i]), 2), int(idx[i])))[:n]
     chosen = idx[order]
     return add_marker(images[chosen], world.marker_size), [int(i) for i in chosen]
