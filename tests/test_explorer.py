@@ -332,6 +332,10 @@ def test_without_chapter_one_and_on_other_pages(tmp_path):
     other = _site(tmp_path, with_div=False)
     with chromium() as driver:
         driver.get(page.as_uri())
+        # under load headless Chromium may hand back control before the page is parsed (one CI run failed here)
+        from selenium.webdriver.support import expected_conditions as EC
+        from selenium.webdriver.support.ui import WebDriverWait
+        WebDriverWait(driver, 20).until(EC.presence_of_element_located((By.ID, "explorer-chapter")))
         note = driver.find_element(By.ID, "explorer-chapter").text
         assert "No EquiDiff samples to overlay" in note and "not run" in note
         assert not driver.find_element(By.ID, "explorer-samples").is_enabled()
