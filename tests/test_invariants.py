@@ -245,6 +245,7 @@ BAD = [
     ("checkpoint_every", -2, "checkpoint_every must be an integer ≥ 0, got -2"),
     ("checkpoint_every", 5, "checkpoint_path must be a file path when checkpoint_every > 0, got None"),
     ("restart_after", 0, r"restart_after must be None or an integer ≥ 1 \(optimiser steps\), got 0"),
+    ("restart_limit", 0, r"restart_limit must be None or an integer ≥ 1 \(optimiser steps\), got 0"),
     ("restart_factor", 1.0, r"restart_factor must be a number > 1 \(a multiple of tau\), got 1.0"),
 ]
 
@@ -419,6 +420,45 @@ def test_query_of_the_wrong_shape_names_query_and_the_error():
     with pytest.raises(ValueError, match=r"query of shape \(1, 3\) does not fit the objective 'logits of mlp' "
                        r"\(its model's first layer takes \(B, 4\)\): mat1 and mat2 shapes"):
         find_invariants(obj, torch.zeros(1, 3), None, InvariantConfig(n_samples=2, steps=1))
+
+
+def test_restart_judges_a_start_by_its_best_loss_not_one_bad_evaluation():
+    """One evaluation far above restart_factor·τ (as a rejected L-BFGS trial step reads) does not
+    throw away a start that already came under it: the rule looks at the best loss since the draw."""
+    spike = {"on": False}
+
+    def f(x):  # L(x) = x_0; while spiking: a value of 50 with zero gradient (the SGD step is a no-op)
+        return 50.0 + 0 * x[:, :1] if spike["on"] else x[:, :1]
+
+    obj, q = O.Objective(f, "x_0, one spiked evaluation"), torch.tensor([[0.0, 0.0]])
+    # (x_0 − 0)² shrinks by 0.96 per SGD step: from 1 it is under 10τ = 1e-3 at step ~170, under τ at ~226
+    cfg = InvariantConfig(n_samples=2, steps=400, tau=1e-4, optimizer="sgd", lr=0.01, seed=0,
+                          restart_after=200, restart_factor=10.0)
+    z0 = torch.tensor([[1.0, 0.0], [0.9, 0.0]])
+    seen = []
+
+    def on_step(s):
+        spike["on"] = s.step == 204  # step 205 is evaluated spiked, past restart_after
+        seen.append(float(s.loss.max()))
+
+    res = find_invariants(obj, q, None, cfg, z_init=z0, on_step=on_step)
+    assert seen[205] > cfg.restart_factor * cfg.tau > max(seen[190:205])  # the rule saw the spike ...
+    assert (res.restarts == 0).all() and res.converged.all()  # ... and replaced no start
+
+
+def test_restart_limit_replaces_a_start_that_crawls_towards_tau():
+    """restart_limit: a start still above τ after that many steps gets fresh noise, however close it is."""
+    obj, q = O.Objective(lambda x: x[:, :1], "x_0"), torch.tensor([[0.0, 0.0]])
+    # (x_0)² shrinks by 0.96 per SGD step: from x_0 = 1 it needs ~226 steps to reach τ = 1e-4
+    base = dict(n_samples=3, steps=2000, tau=1e-4, optimizer="sgd", lr=0.01, seed=0)
+    z0 = torch.tensor([[1.0, 0.0], [0.9, 0.0], [0.01, 0.0]])
+    plain = find_invariants(obj, q, None, InvariantConfig(**base), z_init=z0)
+    assert plain.converged.all() and (plain.steps_to_converge[:2] > 150).all()
+    res = find_invariants(obj, q, None, InvariantConfig(**base, restart_limit=150), z_init=z0)
+    assert res.converged.all() and (res.restarts[:2] > 0).all() and res.restarts[2] == 0
+    # each restart came exactly 150 steps after the draw before it, and the last draw converged within 150
+    assert torch.equal(res.steps_to_converge // 150, res.restarts)
+    assert torch.equal(res.steps_to_converge[2], plain.steps_to_converge[2])  # the quick start is untouched
 
 
 def _stuck_dead_zone():

@@ -119,7 +119,8 @@ BAD = {
         ("profile", "gpu"), ("seed", "0"), ("neurons", []), ("neurons", [1, -2]), ("neurons", "all"),
         ("neurons", [3, 3]), ("neurons", [NAN]), ("concept_set", 3), ("n_samples", 1), ("n_samples", NAN),
         ("steps", "ten"), ("steps", -1), ("tau", NAN), ("tau", -0.1), ("optimizer", "lbgfs"), ("lr", NAN), ("lr", 0),
-        ("restart_after", 0), ("lowpass_cutoff", 1.5), ("lowpass_cutoff", NAN), ("workers", 0), ("workers", "2"),
+        ("restart_after", 0), ("restart_limit", 0), ("lowpass_cutoff", 1.5), ("lowpass_cutoff", NAN), ("workers", 0),
+        ("workers", "2"),
         ("ddim_steps", 0), ("ddim_steps", []), ("output_dir", None),
     ],
     "03_sae": [

@@ -75,7 +75,8 @@ __all__ = [
 CHAPTER = "neurons"  # this chapter's key in the worlds' defaults (equidiff.worlds.settings.SETTINGS)
 # run_neuron's settings (the keyword arguments run_all passes on); n_samples, steps and ddim_steps
 # left None take the world's value
-SETTINGS = ("n_samples", "steps", "ddim_steps", "tau", "optimizer", "lr", "seed", "restart_after", "lowpass_cutoff")
+SETTINGS = ("n_samples", "steps", "ddim_steps", "tau", "optimizer", "lr", "seed", "restart_after", "restart_limit",
+            "lowpass_cutoff")
 OPTIMIZERS = ("lbfgs", "adam", "sgd", "newton")
 
 
@@ -94,6 +95,7 @@ def check_parameters(p: dict) -> None:
     check_choice("optimizer", p["optimizer"], OPTIMIZERS)
     check_num("lr", p["lr"], 0, lo_open=True)
     check_int("restart_after", p["restart_after"], 1, none=True, why="optimiser steps")
+    check_int("restart_limit", p["restart_limit"], 1, none=True, why="optimiser steps")
     check_num("lowpass_cutoff", p["lowpass_cutoff"], 0, 1, lo_open=True, none=True, why="a fraction of Nyquist")
     check_int("workers", p["workers"], 1, none=True)
     check_int("ddim_steps", p["ddim_steps"], 1, none=True, why="DDIM steps T of the prior")
@@ -292,12 +294,12 @@ def top_image_rows(world, table: AlignmentTable, chosen, n: int = 8) -> list[dic
 
 
 def neuron_settings(world, *, n_samples=None, steps=None, ddim_steps=None, tau=0.01, optimizer="lbfgs", lr=1.0,
-                    seed=0, restart_after=None, lowpass_cutoff=None) -> dict:
+                    seed=0, restart_after=None, restart_limit=None, lowpass_cutoff=None) -> dict:
     """:func:`run_neuron`'s settings, checked, with ``n_samples``, ``steps`` and ``ddim_steps`` left
     None taken from the world (``world.defaults["neurons"]``)."""
     s = dict(n_samples=world.setting(CHAPTER, "n_samples", n_samples), steps=world.setting(CHAPTER, "steps", steps),
              ddim_steps=world.setting(CHAPTER, "ddim_steps", ddim_steps), tau=tau, optimizer=optimizer, lr=lr,
-             seed=seed, restart_after=restart_after, lowpass_cutoff=lowpass_cutoff)
+             seed=seed, restart_after=restart_after, restart_limit=restart_limit, lowpass_cutoff=lowpass_cutoff)
     _config(s)
     return s
 
@@ -309,6 +311,7 @@ def _config(s: dict) -> InvariantConfig:
         raise bad("ddim_steps", s["ddim_steps"], "an integer ≥ 1")
     return InvariantConfig(n_samples=s["n_samples"], steps=s["steps"], tau=s["tau"], optimizer=s["optimizer"],
                            lr=s["lr"], seed=s["seed"], restart_after=s["restart_after"],
+                           restart_limit=s["restart_limit"],
                            lowpass_cutoff=s["lowpass_cutoff"])
 
 
@@ -347,7 +350,8 @@ def _alignment(world, table: AlignmentTable, channel: int, concept: Optional[str
 def run_neuron(world, table: AlignmentTable, channel: int, *, concept: Optional[str] = None,
                n_samples: Optional[int] = None, steps: Optional[int] = None, ddim_steps: Optional[int] = None,
                tau: float = 0.01, optimizer: str = "lbfgs", lr: float = 1.0, seed: int = 0,
-               restart_after: Optional[int] = None, lowpass_cutoff: Optional[float] = None,
+               restart_after: Optional[int] = None, restart_limit: Optional[int] = None,
+               lowpass_cutoff: Optional[float] = None,
                on_step=None) -> NeuronRun:
     """Thesis Section 4.2.2 for one channel of ``world.neuron_layer``.
 
@@ -369,7 +373,7 @@ def run_neuron(world, table: AlignmentTable, channel: int, *, concept: Optional[
     A figure the world cannot compute is None, with ``<figure>_reason`` saying why.
     """
     s = neuron_settings(world, n_samples=n_samples, steps=steps, ddim_steps=ddim_steps, tau=tau,
-                        optimizer=optimizer, lr=lr, seed=seed, restart_after=restart_after,
+                        optimizer=optimizer, lr=lr, seed=seed, restart_after=restart_after, restart_limit=restart_limit,
                         lowpass_cutoff=lowpass_cutoff)
     cfg = _config(s)
     n_samples = cfg.n_samples

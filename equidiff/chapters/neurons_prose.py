@@ -174,7 +174,8 @@ def prose_values(world, table, chosen, runs, settings: dict, top_rows, *, worker
         "neuron_ids": words(f"#{r.channel}" for r in runs), "n_samples": settings["n_samples"],
         "steps_budget": settings["steps"], "ddim_steps": settings["ddim_steps"], "tau": settings["tau"],
         "optimizer": settings["optimizer"], "seed": settings["seed"],
-        "restart_after": Text(str(settings["restart_after"])), "workers": Text(str(workers)),
+        "restart_after": Text(str(settings["restart_after"])), "restart_limit": Text(str(settings["restart_limit"])),
+        "workers": Text(str(workers)),
         "n_workers": pool_size(world, len(runs), workers), "n_cpus": os.cpu_count() or 1,
         "value_tol": math.sqrt(settings["tau"] / n_values),  # RMS error per map value of a sample at L2 = τ
         **_optimisation_values(runs), **_sample_values(runs), **_comparison_values(runs, n_values),

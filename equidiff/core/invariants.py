@@ -62,8 +62,9 @@ class InvariantConfig:
     lowpass_cutoff: Optional[float] = None  # cutoff of the low-pass filter F in (0, 1]; None: no filtered term
     reduction: str = "sum"  # "sum": ||L(x) − y*||² as in Algorithm 1; "mean": divided by m
     keep_norm: bool = False  # rescale each z_T to its initial norm after every step (keeps z_T typical)
-    restart_after: Optional[int] = None  # ≥ 1: a start whose loss is still above restart_factor·τ this many steps after it was drawn gets fresh noise (the steps count against the budget); None: never
+    restart_after: Optional[int] = None  # ≥ 1: a start whose best loss since it was drawn is still above restart_factor·τ this many steps later gets fresh noise (the steps count against the budget); None: never
     restart_factor: float = 100.0  # > 1: "hopeless" threshold of restart_after, in units of τ
+    restart_limit: Optional[int] = None  # ≥ 1: a start still above τ this many steps after it was drawn gets fresh noise (one crawling at a few τ for hundreds of steps); None: never
     repulsion: float = 0.0  # ≥ 0: weight of a Gaussian repulsion between samples' outputs (spreads few points)
     repulsion_scale: float = 0.1  # > 0: length scale of that repulsion, in units of x
     seed: int = 0  # seed of the torch.Generator that draws z_T
@@ -98,6 +99,8 @@ class InvariantConfig:
             raise _bad("keep_norm", self.keep_norm, "True or False")
         if self.restart_after is not None and (not _is_int(self.restart_after) or self.restart_after < 1):
             raise _bad("restart_after", self.restart_after, "None or an integer ≥ 1 (optimiser steps)")
+        if self.restart_limit is not None and (not _is_int(self.restart_limit) or self.restart_limit < 1):
+            raise _bad("restart_limit", self.restart_limit, "None or an integer ≥ 1 (optimiser steps)")
         if not _is_num(self.restart_factor) or self.restart_factor <= 1:
             raise _bad("restart_factor", self.restart_factor, "a number > 1 (a multiple of tau)")
         if not _is_num(self.repulsion) or self.repulsion < 0:
@@ -330,6 +333,9 @@ def iterate_invariants(
     history = {"loss_mean": [], "loss_max": [], "n_active": [], "z_norm_mean": []}
     since = torch.zeros(n, dtype=torch.long)  # steps since each sample's z_T was drawn
     restarts = torch.zeros(n, dtype=torch.long)
+    # lowest loss of each sample since its z_T was drawn: restart_after judges a start by this, not by
+    # the latest evaluation (one rejected L-BFGS trial step can read 100τ at a point that was at 2τ)
+    best = torch.full((n,), float("inf"))
     start = 0
 
     ckpt = cfg.checkpoint_path
@@ -347,6 +353,7 @@ def iterate_invariants(
         loss_all, x_all, m_all = state["loss"], state["x"], state["m"]
         history = state["history"]
         since, restarts = state["since"], state["restarts"]
+        best = state["best"] if "best" in state else loss_all.clone()  # a checkpoint written before "best" existed
         init_norm = z_init.flatten(1).norm(dim=1).to(z.device)
         start = state["next_step"]
 
@@ -385,6 +392,7 @@ def iterate_invariants(
         x_all[idx] = x.detach()
         m_all[idx] = meas.detach()
         loss_all[idx] = total.detach().cpu()
+        best[idx] = torch.minimum(best[idx], loss_all[idx])
 
         # Lines 21-23: per-sample early stop. A converged sample is frozen from here on.
         done = (total.detach() < cfg.tau).cpu()
@@ -439,17 +447,23 @@ def iterate_invariants(
             with torch.no_grad():
                 cur = z[rows].flatten(1).norm(dim=1).clamp(min=1e-12)
                 z[rows] = z[rows] * (init_norm[rows] / cur).view(-1, *([1] * (z.dim() - 1)))
-        if cfg.restart_after is not None:
-            since[rows.cpu()] += 1
-            hopeless = rows.cpu()[(since[rows.cpu()] >= cfg.restart_after)
-                                  & (loss_all[rows.cpu()] > cfg.restart_factor * cfg.tau)]
+        if cfg.restart_after is not None or cfg.restart_limit is not None:
+            r_cpu = rows.cpu()  # the samples that took a step: none of them is under τ
+            since[r_cpu] += 1
+            hopeless = torch.zeros(len(r_cpu), dtype=torch.bool)
+            if cfg.restart_after is not None:
+                hopeless |= (since[r_cpu] >= cfg.restart_after) & (best[r_cpu] > cfg.restart_factor * cfg.tau)
+            if cfg.restart_limit is not None:
+                hopeless |= since[r_cpu] >= cfg.restart_limit
+            hopeless = r_cpu[hopeless]
             if hopeless.numel():
                 z_init = z_init.clone()  # the caller's tensor is not changed
                 _restart(z, z_init, init_norm, opt, prior, cfg, hopeless, restarts, sample_offset)
                 since[hopeless] = 0
+                best[hopeless] = float("inf")
 
         save_checkpoint(ckpt, cfg, step, z, z_init, opt, active, converged, steps_to, loss_all, x_all, m_all, history,
-                        since, restarts, identity, tgt_cpu)
+                        since, restarts, identity, tgt_cpu, best)
 
     if bar is not None:
         bar.close()

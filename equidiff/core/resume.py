@@ -136,7 +136,7 @@ def load_checkpoint(ckpt: str, identity: dict, tgt: torch.Tensor) -> dict | None
 
 
 def save_checkpoint(ckpt, cfg, step, z, z_init, opt, active, converged, steps_to, loss, x, m, history, since, restarts,
-                    identity=None, target=None):
+                    identity=None, target=None, best=None):
     """Write the resumable state after step ``step`` every ``checkpoint_every`` steps, with the
     identity of the run it belongs to (:func:`run_identity`) and the target y*."""
     if not (ckpt and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0):
@@ -159,6 +159,7 @@ def save_checkpoint(ckpt, cfg, step, z, z_init, opt, active, converged, steps_to
             "history": history,
             "since": since,
             "restarts": restarts,
+            "best": best,  # lowest loss per sample since its z_T was drawn (restart_after)
             "next_step": step + 1,
         },
         tmp,

@@ -8,7 +8,8 @@ scale (T = 25 latent DDIM steps, budgets 1024 / 512).
 
 SETTINGS: dict[str, dict[str, dict]] = {
     "cpu": {
-        "neurons": {"n_samples": 32, "steps": 400, "ddim_steps": 10},
+        # budget: the thesis' B; the starts restart_limit replaces need the room (Neurons chapter)
+        "neurons": {"n_samples": 32, "steps": 1024, "ddim_steps": 10},
         "classifier": {"n_samples": 32, "steps": 150, "ddim_steps": 10},
         # the SAE chapter; layer / sae_kind / expansion / sae_steps: the digits SAE it trains (worlds.digits.sae)
         "sae": {"n_samples": 32, "steps": 40, "ddim_steps": 10, "layer": 2, "sae_kind": "relu", "expansion": 4,
