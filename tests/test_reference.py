@@ -107,8 +107,13 @@ def test_the_command_updates_compares_and_exits_by_verdict(tmp_path, capsys):
     (book / "_generated" / "a").mkdir(parents=True)
     (book / "_generated" / "a.done.json").write_text(json.dumps({"profile": "smoke"}))
     (book / "_generated" / "a" / "metrics.json").write_text(json.dumps(REF))
+    (ref / "b.json").parent.mkdir(parents=True)
+    (ref / "b.json").write_text("{}")  # a chapter this build did not run
     assert C.main(["--book", str(book), "--reference", str(ref), "--update"]) == 0
     assert "output_dir" not in (ref / "a.json").read_text()  # the reference holds no machine path
+    assert (ref / "b.json").read_text() == "{}"  # kept, and said so
+    assert "written to" in (out := capsys.readouterr().out) and ": a\n" in out and "not in this build): b" in out
+    (ref / "b.json").unlink()
     assert C.main(["--book", str(book), "--reference", str(ref)]) == 0
     assert "the build says the same as the reference" in capsys.readouterr().out
     changed = _copy(REF)

@@ -6,7 +6,8 @@ The book must say the same on every machine (issue 15). With the shipped weights
 same *choices* (neurons, features, queries, labels, the shortcut verdict: every string, bool and
 identifying integer of a chapter's record) and its measurements agree within the tolerances below.
 ``book/_reference/<profile>/<chapter>.json`` holds the metrics of a committed reference run;
-``--update`` rewrites it from the build (maintainers, after a deliberate change). The command prints
+``--update`` rewrites it from the build (maintainers, after a deliberate change), chapter by chapter:
+a chapter the build does not hold keeps its reference. The command prints
 every difference, one line each, and exits 1 when any is outside its tolerance.
 
 Tolerances (stated in the README and, from :func:`tolerance_table`, on the book's Performance page):
@@ -207,19 +208,23 @@ def compare_build(book: Path, profile: str | None = None, reference: Path | None
     return out
 
 
-def update_reference(book: Path, profile: str | None = None, reference: Path | None = None) -> Path:
-    """Write the build's metrics as the reference of its profile; returns the reference folder."""
+def update_reference(book: Path, profile: str | None = None, reference: Path | None = None) -> tuple[Path, list, list]:
+    """Write the build's metrics as the reference of its profile: ``(reference folder, chapters
+    written, chapters left as they were)``. Only the chapters the build holds are rewritten, so a
+    build of one chapter (``python -m equidiff.build notebooks --only …``) updates that chapter alone;
+    the reference of a chapter that no longer exists is deleted by hand."""
     gen = Path(book) / "_generated"
     profile = profile or _profile_of(gen)
     ref_dir = Path(reference) if reference is not None else REPO / "book" / "_reference" / profile
     ref_dir.mkdir(parents=True, exist_ok=True)
-    for old in ref_dir.glob("*.json"):
-        old.unlink()
+    written = []
     for p in sorted(gen.glob("*/metrics.json")):
         record = json.loads(p.read_text())
         record.get("parameters", {}).pop("output_dir", None)  # the build machine's own folder
         (ref_dir / f"{p.parent.name}.json").write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
-    return ref_dir
+        written.append(p.parent.name)
+    kept = sorted(q.stem for q in ref_dir.glob("*.json") if q.stem not in written)
+    return ref_dir, written, kept
 
 
 def main(argv=None) -> int:
@@ -232,7 +237,10 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     try:
         if a.update:
-            print(f"[equidiff] reference written to {update_reference(Path(a.book), a.profile, a.reference)}")
+            ref_dir, written, kept = update_reference(Path(a.book), a.profile, a.reference)
+            print(f"[equidiff] reference written to {ref_dir}: {', '.join(written) or 'no chapter (nothing built)'}")
+            if kept:
+                print(f"[equidiff] left as they were (not in this build): {', '.join(kept)}")
             return 0
         diffs = compare_build(Path(a.book), a.profile, a.reference)
     except (FileNotFoundError, ValueError) as e:
