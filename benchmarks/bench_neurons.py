@@ -2,8 +2,9 @@
 
     python benchmarks/bench_neurons.py [--quick] [--samples N] [--steps B] [--json PATH] [--markdown PATH]
 
-Runs the chapter's three neurons (``neurons = "auto"``, its default settings: 32 samples, budget 400,
-L-BFGS, ``restart_after = 100``, DDIM T = 10) three ways, one after the other in this one run:
+Runs the chapter's three neurons (``neurons = "auto"``, its default settings: 32 samples, budget 1024,
+L-BFGS, ``restart_after = 100``, ``restart_limit = 300``, DDIM T = 10) three ways, one after the other in
+this one run:
 
   threads  one process, one neuron after the other, torch's default thread count (the chapter before
            ``run_all``);
@@ -37,15 +38,16 @@ def main() -> None:
     ap.add_argument("--json", help="also write the figures to this JSON file")
     ap.add_argument("--markdown", help="also write the table and findings as Markdown (for the book)")
     ap.add_argument("--samples", type=int, help="samples per neuron (default 32, --quick 8)")
-    ap.add_argument("--steps", type=int, help="budget per sample (default 400, --quick 100)")
+    ap.add_argument("--steps", type=int, help="budget per sample (default 1024, --quick 100)")
     a = ap.parse_args()
-    settings = dict(n_samples=8, steps=100) if a.quick else dict(n_samples=32, steps=400)
+    settings = dict(n_samples=8, steps=100) if a.quick else dict(n_samples=32, steps=1024)
     for key, value in (("n_samples", a.samples), ("steps", a.steps)):
         if value is not None:
             if value < 1:
                 raise SystemExit(f"--{'samples' if key == 'n_samples' else 'steps'} must be an integer ≥ 1, got {value}")
             settings[key] = value
-    settings.update(ddim_steps=10, tau=0.01, optimizer="lbfgs", lr=1.0, seed=0, restart_after=100)
+    settings.update(ddim_steps=10, tau=0.01, optimizer="lbfgs", lr=1.0, seed=0, restart_after=100,
+                    restart_limit=300)
     world = load_world("cpu")
     table = eqn.neuron_table(world)
     chosen = eqn.choose_neurons(world, table, "auto", "all", k=3)
@@ -93,7 +95,8 @@ def markdown(out: dict) -> str:
              "w1": "`run_all(workers=1)`: one process, one thread",
              wn: f"`run_all(workers={wn[1:]})`: {wn[1:]} worker processes, one thread each"}
     rows = [f"Neurons {', '.join('#' + str(c) for c in out['neurons'])}; {s['n_samples']} samples each, budget "
-            f"{s['steps']}, {s['optimizer']}, `restart_after = {s['restart_after']}`, T = {s['ddim_steps']}; "
+            f"{s['steps']}, {s['optimizer']}, `restart_after = {s['restart_after']}`, "
+            f"`restart_limit = {s.get('restart_limit')}`, T = {s['ddim_steps']}; "
             f"{out['cpu_cores']} CPU cores.", "",
             "| way | wall time | × the first | success per neuron | restarts per neuron |", "| --- | --- | --- | --- | --- |"]
     for k in sec:
