@@ -220,6 +220,10 @@ def test_run_neuron_protocol(tiny):
     assert m["fid"] == world.fid(x, world.test_images, "check").value and m["fid_n_reference"] == len(world.test_images)
     assert m["fid_real_reference"] is not None and m["diversity_same_class_reference"] is not None
     assert m["fid"] >= 0 and m["diversity"] > 0 and m["query_file"] is None
+    # the judge's confident same-class share: its own softmax, thresholded at 0.9
+    p = torch.softmax(world.judge(x), 1)
+    want = ((p.argmax(1) == run.query_label) & (p.max(1).values >= 0.9)).float().mean()
+    assert m["confident_class_rate"] == pytest.approx(float(want))
     html = neurons.table_html(world, [run], 0.01)
     assert html.count("<tr>") == 3 and f"#{sel.channel}" in html and "Average" in html  # header, neuron, average
     # the "L2 / Σn(x*)²" column shows the value (it printed 0.000 for values near 3e-5)

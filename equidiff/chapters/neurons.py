@@ -78,6 +78,7 @@ CHAPTER = "neurons"  # this chapter's key in the worlds' defaults (equidiff.worl
 SETTINGS = ("n_samples", "steps", "ddim_steps", "tau", "optimizer", "lr", "seed", "restart_after", "restart_limit",
             "lowpass_cutoff")
 OPTIMIZERS = ("lbfgs", "adam", "sgd", "newton")
+CONFIDENT = 0.9  # judge confidence that counts a sample as its class (as the prior's gate and the SAE chapter)
 
 
 def check_parameters(p: dict) -> None:
@@ -275,6 +276,15 @@ def _classes(world, images: torch.Tensor) -> torch.Tensor:
                       for i in range(0, len(images), bs)])
 
 
+def _judged(world, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The judge's (confidence, class), each (N,) on CPU, of ``images``, ``world.batch_size`` at a time."""
+    bs = world.batch_size or max(len(images), 1)
+    with torch.no_grad():
+        probs = torch.cat([torch.softmax(world.judge(images[i : i + bs].to(world.device)).float(), 1).cpu()
+                           for i in range(0, len(images), bs)])
+    return probs.max(1)
+
+
 def top_image_rows(world, table: AlignmentTable, chosen, n: int = 8) -> list[dict]:
     """Rows for :func:`equidiff.report.figures.neuron_top_images`: each neuron's ``n`` top-activating
     images, labelled with their true class (or, without labels, the classifier's)."""
@@ -401,6 +411,10 @@ def run_neuron(world, table: AlignmentTable, channel: int, *, concept: Optional[
     x = result.x.detach().clamp(-1, 1).float()
     predicted = _classes(world, x)
     label = int(table.classes[qi]) if table.classes is not None else int(_classes(world, query)[0])
+    confident = None
+    if world.has("judge"):  # the issue-15 reading: the query's class, said with confidence ≥ CONFIDENT
+        conf, judged = _judged(world, x)
+        confident = float(((judged == label) & (conf >= CONFIDENT)).float().mean())
     real = world.test_images if world.has("test_images") else world.images
     fid = world.fid(x, real, f"Table 4.1 FID, neuron #{channel}")
     gen = torch.Generator().manual_seed(seed)
@@ -433,6 +447,7 @@ def run_neuron(world, table: AlignmentTable, channel: int, *, concept: Optional[
         "diversity": diversity(classifier_features(clf, x.to(world.device)).cpu()),
         "diversity_same_class_reference": same_div,
         "same_class_rate": float((predicted == label).float().mean()),
+        "confident_class_rate": confident,  # share the judge labels the query's class with confidence ≥ 0.9
         "success_rate": result.success_rate,
         "steps": float(done.median()) if done.numel() else None,
         "n_restarted": result.summary()["n_restarted"],  # starts replaced by fresh noise (restart_after)
@@ -444,7 +459,8 @@ def run_neuron(world, table: AlignmentTable, channel: int, *, concept: Optional[
         "diversity_features": "the classifier's pooled features",
     }
     metrics = world.with_reasons(metrics, {"alignment": "unit_concepts", "fid_real_reference": "test_images",
-                                           "diversity_same_class_reference": "labels"})
+                                           "diversity_same_class_reference": "labels",
+                                           "confident_class_rate": "judge"})
     side = int(math.isqrt(target.numel()))
     qmap = target.reshape(side, -1) if side * side == target.numel() else target.reshape(1, -1)
     return NeuronRun(channel, concept, r, table.images[qi : qi + 1], qi, label, qmap, result, predicted, metrics)

@@ -21,7 +21,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from equidiff.chapters.neurons import pool_size
+from equidiff.chapters.neurons import CONFIDENT, pool_size
 from equidiff.core.metrics import classifier_features
 from equidiff.report.glue import Text, as_is, words
 from equidiff.worlds.digits.concepts import BAR_RUN, DIGIT_CONCEPTS, STROKE_CONCEPTS, STROKE_RUN
@@ -99,6 +99,10 @@ def _sample_values(runs) -> dict:
     return {
         "query_labels": words(f"'{r.query_label}'" for r in runs),
         "same_class_counts": words(same),
+        "confident_bar": CONFIDENT,
+        "confident_class_counts": words(_fmt(None if r.metrics["confident_class_rate"] is None else
+                                             round(r.metrics["confident_class_rate"] * r.metrics["n_samples"]), "d")
+                                        for r in runs),
         "sample_label_modes": words(f"'{lab}' ({n})" for lab, n in modes),
         "diversity_list": words(f"{d:.3f}" for d in div),
         "diversity_ref_list": words(_fmt(d, ".3f") for d in ref),
