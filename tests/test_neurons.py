@@ -10,7 +10,7 @@ import torch
 
 from equidiff.chapters import neurons, neurons_prose
 from equidiff.core import units
-from equidiff.core.metrics import l1_l2
+from equidiff.core.metrics import classifier_features, diversity, l1_l2
 from equidiff.core.objectives import neuron_map
 from equidiff.report.tables import html_table
 from equidiff.run import pool
@@ -224,6 +224,13 @@ def test_run_neuron_protocol(tiny):
     p = torch.softmax(world.judge(x), 1)
     want = ((p.argmax(1) == run.query_label) & (p.max(1).values >= 0.9)).float().mean()
     assert m["confident_class_rate"] == pytest.approx(float(want))
+    # the diversity reference: as many held-out digits of the query's class (the draw after the FID floor's)
+    gen = torch.Generator().manual_seed(0)
+    torch.randperm(len(table.images), generator=gen)
+    same = world.test_images[world.test_labels == run.query_label]
+    same = same[torch.randperm(len(same), generator=gen)[:3]]
+    assert m["diversity_reference_images"] == "the held-out test images"
+    assert m["diversity_same_class_reference"] == pytest.approx(diversity(classifier_features(world.classifier, same)))
     html = neurons.table_html(world, [run], 0.01)
     assert html.count("<tr>") == 3 and f"#{sel.channel}" in html and "Average" in html  # header, neuron, average
     # the "L2 / Σn(x*)²" column shows the value (it printed 0.000 for values near 3e-5)

@@ -422,8 +422,12 @@ def run_neuron(world, table: AlignmentTable, channel: int, *, concept: Optional[
     if world.has("test_images"):  # the same FID for n_samples real images: the floor this sample size allows
         ref = table.images[torch.randperm(len(table.images), generator=gen)[:n_samples]]
         floor = world.fid(ref, real, f"Table 4.1 real-image floor, neuron #{channel}").value
+    same_from = None
     if world.has("labels"):  # diversity of n_samples real images of the query's class, for scale
-        same = table.images[table.classes == table.classes[qi]]
+        if world.has("test_images") and world.test_labels is not None:  # held-out digits (issue 15's reference)
+            same, same_from = world.test_images[world.test_labels == label], "the held-out test images"
+        else:
+            same, same_from = table.images[table.classes == table.classes[qi]], "the images searched"
         same = same[torch.randperm(len(same), generator=gen)[:n_samples]]
         same_div = diversity(classifier_features(clf, same.to(world.device)).cpu())
     done = result.steps_to_converge[result.converged].float()
@@ -457,6 +461,7 @@ def run_neuron(world, table: AlignmentTable, channel: int, *, concept: Optional[
         "fid_features": fid.features, "fid_reason": fid.reason, "fid_note": fid.note,
         "fid_n_reference": fid.n_reference,
         "diversity_features": "the classifier's pooled features",
+        "diversity_reference_images": same_from,  # where the same-class reference images come from
     }
     metrics = world.with_reasons(metrics, {"alignment": "unit_concepts", "fid_real_reference": "test_images",
                                            "diversity_same_class_reference": "labels",

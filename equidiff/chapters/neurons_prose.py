@@ -106,6 +106,8 @@ def _sample_values(runs) -> dict:
         "sample_label_modes": words(f"'{lab}' ({n})" for lab, n in modes),
         "diversity_list": words(f"{d:.3f}" for d in div),
         "diversity_ref_list": words(_fmt(d, ".3f") for d in ref),
+        "diversity_ref_from": Text(next((r.metrics.get("diversity_reference_images") for r in runs
+                                         if r.metrics.get("diversity_reference_images")), "–")),
         "diversity_words": words(_side(d, e) for d, e in zip(div, ref)),
     }
 
