@@ -46,6 +46,7 @@ from equidiff.report.progress import ProgressLine
 from equidiff.report.tables import html_table
 from equidiff.run.pool import run_world_pool
 from equidiff.worlds import world_names
+from equidiff.worlds.digits.ship import CONFIDENT  # the judge confidence that counts (the prior's gate's)
 
 __all__ = [
     "CHAPTER",
@@ -78,7 +79,6 @@ CHAPTER = "neurons"  # this chapter's key in the worlds' defaults (equidiff.worl
 SETTINGS = ("n_samples", "steps", "ddim_steps", "tau", "optimizer", "lr", "seed", "restart_after", "restart_limit",
             "lowpass_cutoff")
 OPTIMIZERS = ("lbfgs", "adam", "sgd", "newton")
-CONFIDENT = 0.9  # judge confidence that counts a sample as its class (as the prior's gate and the SAE chapter)
 
 
 def check_parameters(p: dict) -> None:
@@ -269,20 +269,20 @@ def top_activating(table: AlignmentTable, channel: int, n: int = 8) -> tuple[tor
 
 
 @torch.no_grad()
-def _classes(world, images: torch.Tensor) -> torch.Tensor:
-    """The classifier's class (N,) of ``images``, on CPU, ``world.batch_size`` at a time (all at once when None)."""
+def _logits(model, world, images: torch.Tensor) -> torch.Tensor:
+    """``model``'s logits (N, K) of ``images``, float on CPU, ``world.batch_size`` at a time (all at once when None)."""
     bs = world.batch_size or max(len(images), 1)
-    return torch.cat([world.classifier(images[i : i + bs].to(world.device)).float().argmax(1).cpu()
-                      for i in range(0, len(images), bs)])
+    return torch.cat([model(images[i : i + bs].to(world.device)).float().cpu() for i in range(0, len(images), bs)])
+
+
+def _classes(world, images: torch.Tensor) -> torch.Tensor:
+    """The classifier's class (N,) of ``images``."""
+    return _logits(world.classifier, world, images).argmax(1)
 
 
 def _judged(world, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The judge's (confidence, class), each (N,) on CPU, of ``images``, ``world.batch_size`` at a time."""
-    bs = world.batch_size or max(len(images), 1)
-    with torch.no_grad():
-        probs = torch.cat([torch.softmax(world.judge(images[i : i + bs].to(world.device)).float(), 1).cpu()
-                           for i in range(0, len(images), bs)])
-    return probs.max(1)
+    """The judge's (confidence, class), each (N,), of ``images``."""
+    return torch.softmax(_logits(world.judge, world, images), 1).max(1)
 
 
 def top_image_rows(world, table: AlignmentTable, chosen, n: int = 8) -> list[dict]:
@@ -451,7 +451,7 @@ def run_neuron(world, table: AlignmentTable, channel: int, *, concept: Optional[
         "diversity": diversity(classifier_features(clf, x.to(world.device)).cpu()),
         "diversity_same_class_reference": same_div,
         "same_class_rate": float((predicted == label).float().mean()),
-        "confident_class_rate": confident,  # share the judge labels the query's class with confidence ≥ 0.9
+        "confident_class_rate": confident,  # share the judge labels the query's class with confidence ≥ CONFIDENT
         "success_rate": result.success_rate,
         "steps": float(done.median()) if done.numel() else None,
         "n_restarted": result.summary()["n_restarted"],  # starts replaced by fresh noise (restart_after)

@@ -21,10 +21,11 @@ from typing import Optional
 import numpy as np
 import torch
 
-from equidiff.chapters.neurons import CONFIDENT, pool_size
+from equidiff.chapters.neurons import pool_size
 from equidiff.core.metrics import classifier_features
 from equidiff.report.glue import Text, as_is, words
 from equidiff.worlds.digits.concepts import BAR_RUN, DIGIT_CONCEPTS, STROKE_CONCEPTS, STROKE_RUN
+from equidiff.worlds.digits.ship import CONFIDENT
 
 __all__ = ["THESIS_TABLE_4_1", "prose_values", "classifier_accuracy"]
 

@@ -39,6 +39,7 @@ from equidiff.report.tables import html_table
 from equidiff.sae import (SAE_KINDS, FeatureTable, SelectedFeature, ViTSAE, check_reduce, choose_features,
                           feature_table, quality_report, sae_code, sae_feature)
 from equidiff.worlds import world_names
+from equidiff.worlds.digits.ship import CONFIDENT  # judge confidence that counts as "looks like a digit"
 
 __all__ = [
     "CHAPTER", "CONFIDENT", "OPTIMIZERS", "check_parameters", "load_vit_sae", "measure_quality", "summary",
@@ -48,7 +49,6 @@ __all__ = [
 ]
 
 CHAPTER = "sae"  # this chapter's key in the worlds' defaults (equidiff.worlds.settings.SETTINGS)
-CONFIDENT = 0.9  # judge confidence that counts as "looks like a digit" (as the zoo's quality_gate)
 NO_FILES = "the world's images are built in, not read from files"
 NO_CONVERGED = "no sample reached τ within the step budget"
 OPTIMIZERS = ("newton", "adam", "sgd")
