@@ -101,6 +101,18 @@ def test_ddpm_training_killed_and_resumed_ends_with_the_same_weights(tmp_path):
         train_ddpm(other, checkpoint=ckpt)
 
 
+def test_ddpm_training_does_not_read_the_sampler_spacing():
+    """timestep_spacing only shapes the k-step sampler: the shipped prior was trained under "trailing" and
+    relabelled "leading" (see its card), which is exact only if training gives the same weights for both."""
+    cfg = dataclasses.replace(PRESETS["digits-ddpm-tiny"](), train_steps=3)
+    a, _, _ = train_ddpm(dataclasses.replace(cfg, timestep_spacing="leading"))
+    b, _, _ = train_ddpm(dataclasses.replace(cfg, timestep_spacing="trailing"))
+    c, _, _ = train_ddpm(dataclasses.replace(cfg, timestep_spacing="leading", seed=1))
+    for (k, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(x, y), k
+    assert any(not torch.equal(x, y) for x, y in zip(a.state_dict().values(), c.state_dict().values()))
+
+
 @pytest.mark.slow
 def test_make_models_recipe_on_the_tiny_presets(tmp_path):
     out = ship.train_all("smoke", tmp_path)

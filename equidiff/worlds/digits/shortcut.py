@@ -151,8 +151,10 @@ def get_models(world: ShortcutWorld, presets: dict, cache_dir=None, progress: bo
     """Train (first call, deterministic) or load the world's prior, shortcut, control and judge models.
 
     ``presets``: the digits World's preset names of its profile (``{"classifier": ..., "ddpm": ...}``,
-    :data:`equidiff.worlds.digits.world.PRESETS`): the marked world's models use the same recipes,
-    the judge is that classifier itself (trained on marker-free digits).
+    :data:`equidiff.worlds.digits.world.PRESETS`): the marked world's classifiers use the same recipe,
+    its prior the recipe ``presets["shortcut_ddpm"]`` (default: ``presets["ddpm"]``; the cpu world keeps
+    the smaller first prior there), the judge is that classifier itself (trained on marker-free digits).
+    The prior's folder is ``shortcut-<presets["ddpm"]>-<hash of recipe and data>``.
     """
     if not isinstance(presets, dict) or any(not isinstance(presets.get(k), str) or presets[k] not in RECIPES
                                             for k in ("classifier", "ddpm")):
@@ -163,7 +165,10 @@ def get_models(world: ShortcutWorld, presets: dict, cache_dir=None, progress: bo
         return lambda: marked_split(world, "train", variant)[:2]
 
     ddpm, clf = presets["ddpm"], presets["classifier"]
-    prior = load_or_train(RECIPES[ddpm](), f"shortcut-{ddpm}", cache_dir,
+    recipe = presets.get("shortcut_ddpm", ddpm)
+    if not isinstance(recipe, str) or recipe not in RECIPES:
+        raise _bad("presets", presets, f"a 'shortcut_ddpm' preset name among {tuple(RECIPES)} (or none)")
+    prior = load_or_train(RECIPES[recipe](), f"shortcut-{ddpm}", cache_dir,
                           data=data("shortcut"), data_key={**key, "variant": "shortcut"}, progress=progress)
     shortcut = load_or_train(RECIPES[clf](), f"shortcut-{clf}", cache_dir,
                              data=data("shortcut"), data_key={**key, "variant": "shortcut"}, progress=progress)

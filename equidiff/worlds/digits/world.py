@@ -32,8 +32,10 @@ __all__ = ["PRESETS", "NEURON_LAYER", "PAPER_ONLY", "cpu_world", "smoke_world"]
 
 # preset names per profile (one table for every chapter)
 PRESETS = {
-    "cpu": {"classifier": "digits-classifier", "ddpm": "digits-ddpm", "vit": "digits-vit"},
-    "smoke": {"classifier": "digits-classifier-tiny", "ddpm": "digits-ddpm-tiny", "vit": "digits-vit-tiny"},
+    "cpu": {"classifier": "digits-classifier", "ddpm": "digits-ddpm", "vit": "digits-vit",
+            "shortcut_ddpm": "digits-ddpm-small"},
+    "smoke": {"classifier": "digits-classifier-tiny", "ddpm": "digits-ddpm-tiny", "vit": "digits-vit-tiny",
+              "shortcut_ddpm": "digits-ddpm-tiny"},
 }
 NEURON_LAYER = "layer4.0.act2"  # last stage of the digits ResNet; its input is the pre-activation map
 # parameters of the paper world (equidiff.worlds.imagenet.world.paper_world) that notebooks pass to every
