@@ -6,12 +6,11 @@
   ``EMAModel``; the EMA weights are the ones saved). Seeded random shifts are available
   (``max_shift``, never flips: digits are not flip-invariant) but off by default: the digits
   are centred, and at this budget shifts cost more sample quality than they bought.
-  Samples are in [-1, 1]. The scheduler keeps diffusers' default ``timestep_spacing="leading"``,
-  which a DDIM chain built from it inherits (``DDIMScheduler.from_config``): 10 steps visit
-  t = 900, 800, ..., 0. Starting at t = 999 ("trailing") makes the chain much harder to optimise
-  through (ᾱ_999 ≈ 0 with cosine betas: the first x0 estimate is ill-conditioned). On the shipped
-  prior (2026-12-02) it lifts the unoptimised confident share a little (0.849 vs 0.815), but neuron
-  #40 (32 samples, budget 400, L-BFGS, one thread) reaches τ with 16 % of samples vs 84 % (leading).
+  Samples are in [-1, 1]. A DDIM chain inherits ``timestep_spacing="leading"`` (10 steps: t = 900,
+  ..., 0). "trailing" (t = 999 first: ᾱ ≈ 0, the x0 estimate mostly clipped) lifts the unoptimised
+  confident share a little (first prior 0.849 vs 0.815; current, trained under "trailing" and then
+  relabelled, as training never reads the field: 0.906 vs 0.887) but starves z_T of gradient: neuron
+  #40 reaches τ with 16 % vs 84 % of samples (first prior, budget 400) and 0 % vs 75 % (current, 300).
 * **Classifier** — a small timm ResNet (``timm.models.resnet.ResNet``, ``pretrained=False``;
   BasicBlocks, SiLU activations, not in-place) whose stem runs at stride 1 without max-pool,
   so on 16×16 inputs its four stages run at 16, 8, 4 and 4 pixels (the last one dilated,
@@ -129,11 +128,7 @@ class DDPMConfig:
     # --- DDPMScheduler (the noise schedule; a DDIM sampler is built from its config) ---
     num_train_timesteps: int = 1000  # diffusion steps of the forward process
     beta_schedule: str = "squaredcos_cap_v2"  # "linear", "scaled_linear" or "squaredcos_cap_v2" (cosine)
-    # k-step sampler timesteps: "leading" (10 steps: 900, ..., 0), "trailing" (999, ..., 99) or "linspace".
-    # Not "trailing": its first step predicts x0 at t = 999, where the cosine schedule leaves almost no
-    # signal and clip_sample cuts most pixels, so little gradient reaches z_T; measured on neuron #40
-    # (8 samples, 300 L-BFGS steps), success 0.00 with "trailing" against 0.75 with "leading".
-    timestep_spacing: str = "leading"
+    timestep_spacing: str = "leading"  # k-step sampler: "leading" (900, ..., 0), "trailing", "linspace"; see the module docstring
     # --- training (ε-prediction MSE, AdamW, linear warm-up + cosine decay) ---
     train_steps: int = 16000  # optimiser steps (256 epochs of the 4,000 training digits at batch 64)
     batch_size: int = 64  # images per step
@@ -268,10 +263,7 @@ class ViTConfig:
 PRESETS: dict[str, Callable[[], Union[DDPMConfig, ClassifierConfig, ViTConfig]]] = {
     # The embedded world's models (trained once, ~minutes on a laptop CPU, then cached).
     "digits-ddpm": lambda: DDPMConfig(),
-    # The world's first prior (636k parameters): (16, 32, 64) channels reached a gate share of 0.815
-    # against 0.965 for real digits; the planted-shortcut world's prior keeps it (that chapter needs
-    # the marker, not a gated prior, and retraining it costs most of an hour on 2 cores).
-    "digits-ddpm-small": lambda: DDPMConfig(block_out_channels=(16, 32, 64), train_steps=12000),
+    "digits-ddpm-small": lambda: DDPMConfig(block_out_channels=(16, 32, 64), train_steps=12000),  # first prior; shortcut world
     "digits-classifier": lambda: ClassifierConfig(),
     # Tiny variants of the same code path, trained in about a second: for tests only.
     "digits-ddpm-tiny": lambda: DDPMConfig(
