@@ -146,6 +146,8 @@ def test_models_queries_and_detection_on_tiny_models(smoke, tmp_path):
         smoke.part("shortcut", marker_rate=2)
     with pytest.raises(ValueError, match=r"presets must be a dict with 'classifier' and 'ddpm' preset names"):
         sc.get_models(w, {"classifier": "digits-classifier-tiny"})
+    with pytest.raises(ValueError, match=r"presets must be a dict .*optionally 'shortcut_ddpm'"):
+        sc.get_models(w, {"classifier": "digits-classifier-tiny", "ddpm": "digits-ddpm-tiny", "shortcut_ddpm": "x"})
 
 
 def test_select_members_prefers_novel_and_spread():

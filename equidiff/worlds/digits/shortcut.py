@@ -156,18 +156,17 @@ def get_models(world: ShortcutWorld, presets: dict, cache_dir=None, progress: bo
     the smaller first prior there), the judge is that classifier itself (trained on marker-free digits).
     The prior's folder is ``shortcut-<presets["ddpm"]>-<hash of recipe and data>``.
     """
-    if not isinstance(presets, dict) or any(not isinstance(presets.get(k), str) or presets[k] not in RECIPES
-                                            for k in ("classifier", "ddpm")):
-        raise _bad("presets", presets, f"a dict with 'classifier' and 'ddpm' preset names among {tuple(RECIPES)}")
+    names = (presets.get("classifier"), presets.get("ddpm"), presets.get("shortcut_ddpm", presets.get("ddpm"))) \
+        if isinstance(presets, dict) else (None,)
+    if any(not isinstance(n, str) or n not in RECIPES for n in names):
+        raise _bad("presets", presets, f"a dict with 'classifier' and 'ddpm' preset names among {tuple(RECIPES)} "
+                                       "(and optionally 'shortcut_ddpm', the prior's recipe)")
+    clf, ddpm, recipe = names
     key = world.key()
 
     def data(variant):
         return lambda: marked_split(world, "train", variant)[:2]
 
-    ddpm, clf = presets["ddpm"], presets["classifier"]
-    recipe = presets.get("shortcut_ddpm", ddpm)
-    if not isinstance(recipe, str) or recipe not in RECIPES:
-        raise _bad("presets", presets, f"a 'shortcut_ddpm' preset name among {tuple(RECIPES)} (or none)")
     prior = load_or_train(RECIPES[recipe](), f"shortcut-{ddpm}", cache_dir,
                           data=data("shortcut"), data_key={**key, "variant": "shortcut"}, progress=progress)
     shortcut = load_or_train(RECIPES[clf](), f"shortcut-{clf}", cache_dir,
