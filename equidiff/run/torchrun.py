@@ -475,5 +475,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
+def _exit_launched_worker(code: int) -> None:
+    """End a ``torchrun`` worker without the interpreter's teardown.
+
+    Every result is on disk (atomically) and the process group is destroyed by then, but on
+    2026-12-02 CI saw a gloo worker abort in its C++ static destructors *after* a complete run
+    ("terminate called without an active exception", SIGABRT), and torchrun then failed the whole
+    job. ``os._exit`` skips those destructors; stdout and stderr are flushed first so nothing
+    printed is lost."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    _code = main()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        _exit_launched_worker(_code)
+    sys.exit(_code)
