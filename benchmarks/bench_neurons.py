@@ -3,16 +3,19 @@
     python benchmarks/bench_neurons.py [--quick] [--samples N] [--steps B] [--json PATH] [--markdown PATH]
 
 Runs the chapter's three neurons (``neurons = "auto"``, its default settings: 32 samples, budget 1024,
-L-BFGS, ``restart_after = 100``, ``restart_limit = 300``, DDIM T = 10) three ways, one after the other in
-this one run:
+L-BFGS, ``restart_after = 100``, ``restart_limit = 300``, DDIM T = 10) three or four ways, one after the
+other in this one run:
 
   threads  one process, one neuron after the other, torch's default thread count (the chapter before
            ``run_all``);
   w1       ``run_all(workers=1)``: one process, one torch thread, one neuron after the other;
-  wN       ``run_all(workers=N)``: N worker processes (N = min(3, CPU cores)), one torch thread each.
+  wN       ``run_all(workers=N)``: N worker processes (N = min(3, CPU cores)), one torch thread each;
+  wM       ``run_all(workers=None)``, the chapter's default, when it starts another number of processes
+           (:func:`equidiff.chapters.neurons.pool_size`: one per neuron up to twice the cores; on two
+           cores three processes share the two cores).
 
-Prints each way's wall time, its ratio to ``threads``, and whether ``w1`` and ``wN`` returned
-bit-identical samples (they must: every neuron runs on one thread either way). Why it pays: each run
+Prints each way's wall time, its ratio to ``threads``, and whether every ``run_all`` way returned the
+samples of ``w1`` bit for bit (they must: every neuron runs on one thread either way). Why it pays: each run
 ends on a handful of slow samples, and a batch of one or two 16×16 images cannot keep two cores busy.
 ``--quick``: 8 samples, budget 100 (about two minutes on two cores). ``--markdown``: the table and
 its settings as Markdown, every number from this run (the book's Performance page includes it).
@@ -52,6 +55,8 @@ def main() -> None:
     table = eqn.neuron_table(world)
     chosen = eqn.choose_neurons(world, table, "auto", "all", k=3)
     n_workers = min(len(chosen), os.cpu_count() or 1)
+    n_default = eqn.pool_size(world, len(chosen))  # what workers=None starts
+    ways = [("w1", 1), (f"w{n_workers}", n_workers)] + ([(f"w{n_default}", None)] if n_default != n_workers else [])
     threads = torch.get_num_threads()
     print(f"neurons {[s.channel for s in chosen]}, {settings}; {os.cpu_count()} CPU cores, torch threads {threads}")
 
@@ -59,7 +64,7 @@ def main() -> None:
     t = time.perf_counter()
     runs["threads"] = [eqn.run_neuron(world, table, s.channel, concept=s.concept, **settings) for s in chosen]
     times["threads"] = time.perf_counter() - t
-    for name, w in (("w1", 1), (f"w{n_workers}", n_workers)):
+    for name, w in ways:
         t = time.perf_counter()
         runs[name] = eqn.run_all(world, table, chosen, workers=w, progress=False, **settings)
         times[name] = time.perf_counter() - t
@@ -70,12 +75,13 @@ def main() -> None:
         per = "; ".join(f"#{r.channel} {r.metrics['success_rate']:.2f}, {r.metrics['n_restarted']}, "
                         f"{r.metrics['seconds']:.0f} s" for r in runs[name])
         print(f"{name:<8} {sec:8.1f} {sec / base:10.2f}  {per}")
-    wn = f"w{n_workers}"
-    same = all(torch.equal(x.result.x, y.result.x) for x, y in zip(runs["w1"], runs[wn]))
-    print(f"\nw1 and {wn} samples bit-identical: {same}")
+    pooled = [name for name, _ in ways[1:]]
+    same = all(torch.equal(x.result.x, y.result.x) for wn in pooled for x, y in zip(runs["w1"], runs[wn]))
+    print(f"\nw1 and {' and '.join(pooled)} samples bit-identical: {same}")
     out = {"settings": settings, "cpu_cores": os.cpu_count(), "torch_threads": threads,
            "neurons": [s.channel for s in chosen], "seconds": times,
            "ratio_to_threads": {k: v / base for k, v in times.items()}, "identical_w1_wn": same,
+           "default_workers": f"w{n_default}",
            "success": {k: [r.metrics["success_rate"] for r in v] for k, v in runs.items()},
            "restarts": {k: [r.metrics["n_restarted"] for r in v] for k, v in runs.items()},
            "machine": machine()}
@@ -90,10 +96,12 @@ def main() -> None:
 def markdown(out: dict) -> str:
     """The side-by-side table and what it shows, every number from ``out``."""
     s, sec, ratio = out["settings"], out["seconds"], out["ratio_to_threads"]
-    wn = [k for k in sec if k not in ("threads", "w1")][0]
     label = {"threads": f"one process, {out['torch_threads']} torch threads, neurons one after the other",
-             "w1": "`run_all(workers=1)`: one process, one thread",
-             wn: f"`run_all(workers={wn[1:]})`: {wn[1:]} worker processes, one thread each"}
+             "w1": "`run_all(workers=1)`: one process, one thread"}
+    for wn in sec:
+        if wn not in label:
+            default = " (the default, `workers=None`)" if wn == out.get("default_workers") else ""
+            label[wn] = f"`run_all(workers={wn[1:]})`: {wn[1:]} worker processes, one thread each{default}"
     rows = [f"Neurons {', '.join('#' + str(c) for c in out['neurons'])}; {s['n_samples']} samples each, budget "
             f"{s['steps']}, {s['optimizer']}, `restart_after = {s['restart_after']}`, "
             f"`restart_limit = {s.get('restart_limit')}`, T = {s['ddim_steps']}; "
@@ -104,7 +112,7 @@ def markdown(out: dict) -> str:
                     + ", ".join(f"{v:.2f}" for v in out["success"][k]) + " | "
                     + ", ".join(str(v) for v in out["restarts"][k]) + " |")
     same = "returned bit-identical samples" if out["identical_w1_wn"] else "did **not** return identical samples"
-    rows += ["", f"The two `run_all` ways {same} (the script compares them)."]
+    rows += ["", f"The `run_all` ways {same} (the script compares them)."]
     return "\n".join(rows) + "\n"
 
 

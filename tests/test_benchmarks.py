@@ -106,6 +106,13 @@ def test_neurons_markdown_names_a_mismatch():
     bad = copy.deepcopy(out)
     bad["identical_w1_wn"] = False
     assert "did **not** return identical samples" in bn.markdown(bad)
+    # the chapter's default pool (three processes on two cores) gets its own row, named as the default
+    more = copy.deepcopy(out)
+    more["seconds"]["w3"], more["ratio_to_threads"]["w3"], more["default_workers"] = 4.0, 0.4, "w3"
+    more["success"]["w3"], more["restarts"]["w3"] = [1.0, 0.75], [0, 1]
+    md = bn.markdown(more)
+    assert ("| `run_all(workers=3)`: 3 worker processes, one thread each (the default, `workers=None`) | 4.0 s | 0.40 |"
+            in md) and "| `run_all(workers=2)`: 2 worker processes, one thread each | 5.0 s |" in md
 
 
 def test_committed_tables_are_what_the_scripts_make_of_the_committed_run():

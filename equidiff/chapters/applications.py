@@ -46,7 +46,7 @@ from equidiff.worlds.digits.shortcut import ShortcutModels, ShortcutWorld, has_m
 
 __all__ = ["Detection", "detect", "interval_reading", "verdict", "query_probabilities", "save_detections",
            "selection_study", "circles_selection", "neuron_selection", "OPTIMIZERS", "SELECT_SPACES",
-           "check_parameters", "check_neuron"]
+           "check_parameters", "check_neuron", "chapter_metrics"]
 
 OPTIMIZERS = ("adam", "sgd", "lbfgs")
 SELECT_SPACES = ("pixels", "classifier")
@@ -270,3 +270,44 @@ def neuron_selection(world, neuron: int, k: int, novelty_weight: float = 0.5, *,
             "n_members": int(run.result.converged.sum()), "n_samples": int(run.result.converged.numel()),
             "neuron": int(neuron), "concept": run.concept, "alignment": float(run.alignment),
             "query_label": int(run.query_label)}
+
+
+# --------------------------------------------------------------------------------------------
+# The chapter's metrics.json
+# --------------------------------------------------------------------------------------------
+
+
+def chapter_metrics(params: dict, reliance: dict, query_index, summaries: dict, study: dict, demo: dict,
+                    seconds: float) -> dict:
+    """What the chapter writes to ``metrics.json``: ``params`` (the notebook's parameters, as run),
+    ``reliance`` (shortcut reliance per classifier), the marked queries' indices, the detection
+    ``summaries`` (:meth:`Detection.summary` per classifier), the member-selection ``study``
+    (:func:`selection_study`) and the neuron selection ``demo`` (:func:`neuron_selection`)."""
+    selection, curve = study["main"], study["curve"]
+    novelty = np.asarray(demo["selection"].novelty)
+    return {
+        "profile": params["profile"],
+        "world": {key: params[key] for key in ("shortcut_class", "marker_rate", "other_rate", "marker_size")},
+        "shortcut_reliance": {name: reliance[name] for name in ("shortcut", "control", "judge")},
+        "queries": query_index,
+        "detection": {
+            "shortcut_share": summaries["shortcut"]["share"],
+            "shortcut_interval": summaries["shortcut"]["interval"],
+            "control_share": summaries["control"]["share"],
+            "control_interval": summaries["control"]["interval"],
+            "shortcut": summaries["shortcut"],
+            "control": summaries["control"],
+            "n_samples_per_query": params["n_samples"], "steps": params["steps"], "tau": params["tau"],
+        },
+        "selection": {**{key: selection[key] for key in ("precision_at_k_selected", "precision_at_k_random",
+                                                          "random_range", "base_rate", "k", "space", "novelty_weight")},
+                      "by_k": [{key: c[key] for key in ("k", "precision_at_k_selected", "precision_at_k_random")}
+                               for c in curve],
+                      "each_part_alone": study["ablation"]},
+        "selection_neuron": {"neuron": params["neuron"], "members": demo["n_members"], "concept": demo["concept"],
+                             "query_label": demo["query_label"],
+                             "novelty_selected": float(np.mean(novelty[demo["selection"].indices])),
+                             "novelty_all": float(np.mean(novelty))},
+        "parameters": params,
+        "seconds": seconds,
+    }
