@@ -469,6 +469,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             meta = merge(args.out)
             total = sum(len(r["done"]) for r in reports)
             print(f"merged {len(meta['items'])} items ({total} computed now) into {Path(args.out) / 'merged.json'}")
+        if d:
+            d.barrier()  # no rank tears its process group down while rank 0 still merges
     finally:
         if started:
             torch_dist.destroy_process_group()
