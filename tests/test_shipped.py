@@ -119,3 +119,22 @@ def test_make_models_recipe_on_the_tiny_presets(tmp_path):
     assert ship.verify_shipped(tmp_path) == []
     assert len(out["models"]) == 9 and set(out["gates"]) == {"ddpm", "shortcut_ddpm"}
     assert not (tmp_path / ".retrain").exists()
+
+
+def test_rewriting_the_cards_keeps_a_machine_noted_earlier(tmp_path):
+    from types import SimpleNamespace
+
+    here = {"cpu": "Test CPU", "cores": 2}
+    zoo = SimpleNamespace(path=tmp_path, info={"train_seconds": 1.0})  # a record without the machine
+    assert ship._machine_line(zoo, here, trained_here=False) == ship.NOT_RECORDED
+    noted = ship._machine_line(zoo, here, trained_here=True)
+    assert noted == "cpu Test CPU, cores 2, noted when the card was written"
+    # the card written then is what a later rewrite without --trained-here reads back
+    (tmp_path / "MODEL_CARD.md").write_text(f"# Model card: x\n\n{ship.MACHINE_PREFIX}{noted}\n")
+    assert ship._machine_line(zoo, {"cpu": "Other CPU"}, trained_here=False) == noted
+    # a card that recorded nothing gives nothing to keep
+    (tmp_path / "MODEL_CARD.md").write_text(f"{ship.MACHINE_PREFIX}{ship.NOT_RECORDED}\n")
+    assert ship._machine_line(zoo, here, trained_here=False) == ship.NOT_RECORDED
+    # the training record's machine wins over any card
+    trained = SimpleNamespace(path=tmp_path, info={"machine": {"cpu": "AMD EPYC", "cores": 2}})
+    assert ship._machine_line(trained, here, trained_here=True) == "cpu AMD EPYC, cores 2"

@@ -181,7 +181,27 @@ def _data_line(role: str, world: ShortcutWorld) -> str:
     return base
 
 
-def _card(role: str, zoo, measured: dict, world: ShortcutWorld, trained_on: Optional[dict]) -> str:
+MACHINE_PREFIX = "- **machine**: "
+NOT_RECORDED = "not recorded when it was trained"
+
+
+def _machine_line(zoo, here: dict, trained_here: bool) -> str:
+    """What a card says after ``- **machine**:``: the training record's machine; else what the card
+    already there says (so rewriting the cards never drops a machine noted earlier); else, with
+    ``trained_here``, this machine, marked as noted when the card was written; else not recorded."""
+    if zoo.info.get("machine"):
+        return ", ".join(f"{k} {v}" for k, v in zoo.info["machine"].items())
+    card = zoo.path / "MODEL_CARD.md"
+    if card.is_file():
+        for line in card.read_text().splitlines():
+            if line.startswith(MACHINE_PREFIX) and line[len(MACHINE_PREFIX):] != NOT_RECORDED:
+                return line[len(MACHINE_PREFIX):]
+    if trained_here:
+        return ", ".join(f"{k} {v}" for k, v in {**here, "noted": "when the card was written"}.items())
+    return NOT_RECORDED
+
+
+def _card(role: str, zoo, measured: dict, world: ShortcutWorld, machine_line: str) -> str:
     info = dict(zoo.info)
     cfg = asdict(zoo.config)
     lines = [f"# Model card: {zoo.path.name}", "",
@@ -193,8 +213,7 @@ def _card(role: str, zoo, measured: dict, world: ShortcutWorld, trained_on: Opti
              f"- **steps**: {cfg.get('train_steps', cfg.get('epochs'))} at batch "
              f"{cfg.get('batch_size', cfg.get('batch', 'full'))}, seed {cfg.get('seed')}",
              f"- **wall time**: {info.get('train_seconds', float('nan')):.0f} s",
-             "- **machine**: " + (", ".join(f"{k} {v}" for k, v in trained_on.items()) if trained_on else
-                                  "not recorded when it was trained"),
+             MACHINE_PREFIX + machine_line,
              "", "## Quality", ""]
     for k, v in measured.items():
         lines.append(f"- {k}: {v:.4g}" if isinstance(v, float) else f"- {k}: {v}")
@@ -214,8 +233,9 @@ def write_cards(profile: str = "cpu", root: Optional[Path] = None, *, progress: 
     """Measure every model of ``profile`` under ``root`` (default ``data/models``), write their cards and the
     manifest; returns the manifest's models and the prior's quality. Trains what is missing.
 
-    A card names the machine a model was trained on from its training record; ``trained_here`` says that
-    models whose record lacks it were trained on this machine (the card says it was noted afterwards)."""
+    A card names the machine a model was trained on from its training record, else keeps the machine its
+    earlier card noted; ``trained_here`` says that models with neither were trained on this machine (the
+    card says it was noted afterwards)."""
     if profile not in PROFILES:
         raise bad("profile", profile, f"one of {PROFILES}")
     root = Path(root) if root is not None else cache.SHIPPED
@@ -236,9 +256,8 @@ def write_cards(profile: str = "cpu", root: Optional[Path] = None, *, progress: 
             measured = {k: v for k, v in zoo.info.items() if isinstance(v, (int, float))}
         else:
             measured = {k: zoo.info[k] for k in ("train_accuracy", "test_accuracy", "final_loss") if k in zoo.info}
-        trained_on = zoo.info.get("machine") or ({**here, "noted": "when the card was written"}
-                                                  if trained_here else None)
-        (zoo.path / "MODEL_CARD.md").write_text(_card(role, zoo, measured, world, trained_on))
+        line = _machine_line(zoo, here, trained_here)
+        (zoo.path / "MODEL_CARD.md").write_text(_card(role, zoo, measured, world, line))
         models[zoo.path.name] = {"role": role, "kind": type(zoo.config).__name__, "card": "MODEL_CARD.md",
                                  "sha256": cache.file_hashes(zoo.path, "MODEL_CARD.md"), "quality": measured}
     cache.write_json(root / cache.MANIFEST, {"profile": profile, "written_on": here, "models": models})
