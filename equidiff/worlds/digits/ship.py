@@ -189,16 +189,17 @@ def _machine_line(zoo, here: dict, trained_here: bool) -> str:
     """What a card says after ``- **machine**:``: the training record's machine; else what the card
     already there says (so rewriting the cards never drops a machine noted earlier); else, with
     ``trained_here``, this machine, marked as noted when the card was written; else not recorded."""
+    def described(m: dict) -> str:
+        return ", ".join(f"{k} {v}" for k, v in m.items())
+
     if zoo.info.get("machine"):
-        return ", ".join(f"{k} {v}" for k, v in zoo.info["machine"].items())
+        return described(zoo.info["machine"])
     card = zoo.path / "MODEL_CARD.md"
     if card.is_file():
         for line in card.read_text().splitlines():
             if line.startswith(MACHINE_PREFIX) and line[len(MACHINE_PREFIX):] != NOT_RECORDED:
                 return line[len(MACHINE_PREFIX):]
-    if trained_here:
-        return ", ".join(f"{k} {v}" for k, v in {**here, "noted": "when the card was written"}.items())
-    return NOT_RECORDED
+    return described({**here, "noted": "when the card was written"}) if trained_here else NOT_RECORDED
 
 
 def _card(role: str, zoo, measured: dict, world: ShortcutWorld, machine_line: str) -> str:
