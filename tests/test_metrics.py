@@ -27,6 +27,26 @@ def test_l1_l2_kl_and_diversity():
         M.frechet_distance(np.zeros((1, 2)), np.zeros((3, 2)))
 
 
+def test_nearest_by_objective_ranks_by_the_algorithm_1_loss():
+    images = torch.tensor([0.0, 3.0, 1.0, -2.0, 0.5]).reshape(5, 1, 1, 1)  # (5, 1, 1, 1)
+    calls = []
+
+    def objective(x):  # (B, 2): the value and its double
+        calls.append(len(x))
+        return torch.cat([x.flatten(1), 2 * x.flatten(1)], 1)
+
+    target = torch.tensor([1.0, 2.0])  # the objective of an image of value 1
+    idx, loss = M.nearest_by_objective(objective, images, target, 3, batch=2)
+    assert idx.tolist() == [2, 4, 0] and loss.tolist() == pytest.approx([0.0, 1.25, 5.0])  # 5·(v − 1)²
+    assert calls == [2, 2, 1]  # in batches
+    idx, loss = M.nearest_by_objective(objective, images, target, 2, exclude=2)  # the query itself left out
+    assert idx.tolist() == [4, 0] and loss.tolist() == pytest.approx([1.25, 5.0])
+    with pytest.raises(ValueError, match="k must be at most 4 \\(the images to rank\\), got 5"):
+        M.nearest_by_objective(objective, images, target, 5, exclude=0)
+    with pytest.raises(ValueError, match="k must be an integer ≥ 1, got 0"):
+        M.nearest_by_objective(objective, images, target, 0)
+
+
 def test_frechet_distance_is_the_statistics_form_on_fitted_gaussians():
     g = np.random.default_rng(1)
     a, b = g.normal(size=(200, 5)), g.normal(loc=0.3, scale=1.2, size=(150, 5))

@@ -231,6 +231,16 @@ def test_run_neuron_protocol(tiny):
     same = same[torch.randperm(len(same), generator=gen)[:3]]
     assert m["diversity_reference_images"] == "the held-out test images"
     assert m["diversity_same_class_reference"] == pytest.approx(diversity(classifier_features(world.classifier, same)))
+    # the near-map reference: the 3 other searched images whose maps come nearest the query's, by the loss
+    maps = run.result.target.reshape(1, -1)
+    with torch.no_grad():
+        obj = neuron_map(world.classifier, world.neuron_layer, sel.channel, read=world.neuron_read)
+        loss = ((obj(table.images) - maps) ** 2).sum(1)
+    loss[run.query_index] = float("inf")
+    near = torch.argsort(loss)[:3]
+    assert m["near_map_l2_median"] == pytest.approx(float(loss[near].median()), rel=1e-5)
+    assert m["diversity_near_map_reference"] == pytest.approx(
+        diversity(classifier_features(world.classifier, table.images[near])))
     html = neurons.table_html(world, [run], 0.01)
     assert html.count("<tr>") == 3 and f"#{sel.channel}" in html and "Average" in html  # header, neuron, average
     # the "L2 / Σn(x*)²" column shows the value (it printed 0.000 for values near 3e-5)
@@ -348,6 +358,14 @@ def test_prose_values_state_what_the_run_found(tiny):
     words = [("above" if r.metrics["diversity"] > r.metrics["diversity_same_class_reference"] else "below")
              for r in runs]
     assert _shown(v["diversity_words"]) == " and ".join(words)
+    near = [r.metrics["diversity_near_map_reference"] for r in runs]
+    assert _shown(v["diversity_near_list"]) == " and ".join(f"{d:.3f}" for d in near)
+    assert _shown(v["diversity_near_words"]) == " and ".join(
+        "above" if r.metrics["diversity"] > d else "below" for r, d in zip(runs, near))
+    assert _shown(v["near_tau_words"]) == " and ".join(
+        "above" if r.metrics["near_map_l2_median"] > r.result.config.tau else "below" for r in runs)
+    assert _shown(v["near_vs_class_words"]) == " and ".join(
+        "above" if d > r.metrics["diversity_same_class_reference"] else "below" for r, d in zip(runs, near))
     modes = [np.bincount(row["labels"].numpy()).argmax() for row in top]
     assert _shown(v["top_labels"]) == f"'{modes[0]}' and '{modes[1]}'"
     assert _shown(v["runs_seconds"]) == "2" and _shown(v["chapter_seconds"]) == "–" and v["n_workers"] == 1
@@ -401,7 +419,9 @@ def test_paper_world_runs_the_same_protocol(paper_world):
     assert m["fid"] is not None or m["fid_reason"]
     html = neurons.table_html(world, runs, 0.01)
     assert "real-image floor" not in html and html.count("<tr>") == 3
-    assert neurons.sample_summaries(runs)[0].endswith("(no same-class reference)")
+    near = m["diversity_near_map_reference"]
+    assert neurons.sample_summaries(runs)[0].endswith(f"(no same-class reference; real images nearest in the map: "
+                                                      f"{near:.2f})")
 
 
 def test_prose_values_say_what_the_paper_world_cannot_measure(paper_world):

@@ -7,21 +7,16 @@ pre-activation values (Table 4.1, Figures 4.1-4.2). A *neuron* is one channel of
 neuron layer (``world.neuron_layer``, read as ``world.neuron_read``); every function here takes a
 :class:`~equidiff.worlds.base.World` and runs the same code for every world:
 
-* :func:`neuron_table` — every channel's mean pre-activation over the world's images and, where
-  the world labels concepts (``world.has("unit_concepts")``: the digits world's digit classes and
-  stroke shapes, :mod:`equidiff.worlds.digits.concepts`), its alignment r with each concept: the
-  point-biserial correlation (:func:`equidiff.core.units.alignment_scores`) — a correlation over a
-  labelled data set, not SemanticLens' CLIP similarity, so on another scale than the thesis'
-  r = 0.88-0.95. A world without concept labels gives the r of the units the thesis names
-  (``world.known_units``).
+* :func:`neuron_table` — every channel's mean pre-activation over the world's images and, where the
+  world labels concepts (the digits' classes and stroke shapes, :mod:`equidiff.worlds.digits.concepts`),
+  its point-biserial alignment r with each (:func:`equidiff.core.units.alignment_scores`): over labelled
+  data, not SemanticLens' CLIP similarity, so on another scale than the thesis' r = 0.88-0.95; in a world
+  without concept labels, the r of the units the thesis names (``world.known_units``).
 * :func:`choose_neurons` — ``"auto"``: high alignment, distinct concepts (Appendix .5.1), or the
   thesis' units; or the user's channels.
-* :func:`run_neuron` — the protocol of Section 4.2.2 for one neuron: the query x* is the world's
-  image that activates it most strongly; the objective its whole pre-activation map; Algorithm 1
-  through the world's deterministic DDIM prior (``world.batch_size`` samples at a time); the
-  metrics of Table 4.1 plus diversity and the classifier's reading of the samples.
-* :func:`check_parameters` — the notebook's parameters, each checked by its own name at the
-  chapter's entry; :func:`n_channels` — how many neurons the world's layer has (one forward pass).
+* :func:`run_neuron` — Section 4.2.2 for one neuron: x* is the world's image that activates it most
+  strongly, the objective its whole pre-activation map; Algorithm 1 through the world's DDIM prior;
+  Table 4.1's metrics plus diversity and the classifier's reading of the samples.
 * :func:`run_all` — every chosen neuron, side by side in worker processes on a CPU world
   (:mod:`equidiff.run.pool`), one torch thread each: the numbers do not depend on ``workers``.
 """
@@ -39,7 +34,7 @@ import torch
 from equidiff._validate import bad, check_choice, check_folder, check_index_list, check_int, check_num
 from equidiff.core.batched import find_invariants_batched
 from equidiff.core.invariants import InvariantConfig
-from equidiff.core.metrics import classifier_features, diversity, l1_l2
+from equidiff.core.metrics import classifier_features, diversity, l1_l2, nearest_by_objective
 from equidiff.core.objectives import neuron_map
 from equidiff.core.units import alignment_scores, channel_activations, concept_columns, greedy_distinct_pairs, is_index
 from equidiff.report.progress import ProgressLine
@@ -376,7 +371,8 @@ def run_neuron(world, table: AlignmentTable, channel: int, *, concept: Optional[
        L1 = Σ|·|; the world's FID (``world.fid``) against its held-out images (else its images),
        and the same FID for ``n_samples`` real images (the floor this sample size allows; needs
        held-out images); diversity (mean pairwise distance of the samples in the classifier's
-       pooled features) and, where the world has labels, that of real images of the query's class.
+       pooled features) and, for scale, that of as many real images of the query's class (where the
+       world has labels) and of the real images whose maps come nearest n(x*).
 
     ``n_samples``, ``steps`` and ``ddim_steps`` left None take the world's values. ``on_step``, if
     given, is called with every :class:`equidiff.core.invariants.StepState` (progress reports).
@@ -418,11 +414,10 @@ def run_neuron(world, table: AlignmentTable, channel: int, *, concept: Optional[
     real = world.test_images if world.has("test_images") else world.images
     fid = world.fid(x, real, f"Table 4.1 FID, neuron #{channel}")
     gen = torch.Generator().manual_seed(seed)
-    floor = same_div = None
+    floor = same_div = same_from = None
     if world.has("test_images"):  # the same FID for n_samples real images: the floor this sample size allows
         ref = table.images[torch.randperm(len(table.images), generator=gen)[:n_samples]]
         floor = world.fid(ref, real, f"Table 4.1 real-image floor, neuron #{channel}").value
-    same_from = None
     if world.has("labels"):  # diversity of n_samples real images of the query's class, for scale
         if world.has("test_images") and world.test_labels is not None:  # held-out digits (issue 15's reference)
             same, same_from = world.test_images[world.test_labels == label], "the held-out test images"
@@ -430,6 +425,10 @@ def run_neuron(world, table: AlignmentTable, channel: int, *, concept: Optional[
             same, same_from = table.images[table.classes == table.classes[qi]], "the images searched"
         same = same[torch.randperm(len(same), generator=gen)[:n_samples]]
         same_div = diversity(classifier_features(clf, same.to(world.device)).cpu())
+    # as many real images as there are samples, those whose maps come nearest n(x*): how varied is real data
+    # that almost shares the map? (none shares it: their L2 is far above τ)
+    near, near_l2 = nearest_by_objective(objective, table.images, target, min(n_samples, len(table.images) - 1),
+                                         batch=world.batch_size or 512, exclude=qi, device=world.device)
     done = result.steps_to_converge[result.converged].float()
     metrics = {
         "channel": channel,
@@ -450,6 +449,8 @@ def run_neuron(world, table: AlignmentTable, channel: int, *, concept: Optional[
         "fid_real_reference": floor,
         "diversity": diversity(classifier_features(clf, x.to(world.device)).cpu()),
         "diversity_same_class_reference": same_div,
+        "diversity_near_map_reference": diversity(classifier_features(clf, table.images[near].to(world.device)).cpu()),
+        "near_map_l2_median": float(near_l2.median()),  # those real images' Algorithm 1 loss against n(x*)
         "same_class_rate": float((predicted == label).float().mean()),
         "confident_class_rate": confident,  # share the judge labels the query's class with confidence ≥ CONFIDENT
         "success_rate": result.success_rate,
@@ -493,14 +494,12 @@ def run_all(world, table: AlignmentTable, chosen, *, workers: Optional[int] = No
             **settings) -> list[NeuronRun]:
     """:func:`run_neuron` for every chosen neuron, in order, with one progress line (samples below τ).
 
-    On a CPU world every neuron is optimised on **one torch thread** — its numbers then do not
-    depend on the machine's core count (L-BFGS's do depend on the thread count) — and ``workers``
-    processes (None: one per neuron, up to twice the CPU cores; :func:`pool_size`) run neurons side by side, each with
-    the world rebuilt from the cache (:func:`equidiff.run.pool.run_world_pool`); ``workers=1`` runs
-    them one after the other in this process. The results are the same for every ``workers``;
-    only the wall time changes (on two cores, three neurons take about half the time of one
-    process with two threads, whose cores idle in each run's tail). A world on an accelerator
-    runs them in this process, on its device (``workers`` must be None or 1).
+    On a CPU world every neuron is optimised on **one torch thread** (L-BFGS's numbers depend on the
+    thread count, so they then do not depend on the machine's cores) and :func:`pool_size` processes
+    run neurons side by side, each with the world rebuilt from the cache
+    (:func:`equidiff.run.pool.run_world_pool`); ``workers=1`` runs them one after the other in this
+    process. The results are the same for every ``workers``; only the wall time changes. A world on
+    an accelerator runs them in this process, on its device (``workers`` must be None or 1).
     """
     chosen = list(chosen)
     if workers is not None and (not is_index(workers) or workers < 1):
@@ -589,12 +588,13 @@ def table_html(world, runs, tau: float) -> str:
 
 
 def sample_summaries(runs) -> list[str]:
-    """One line per neuron: the query's class, the share of samples in that class, diversity (and its reference)."""
+    """One line per neuron: the query's class, the share of samples in that class, diversity (and its references)."""
     lines = []
     for r in runs:
         m = r.metrics
         ref = m["diversity_same_class_reference"]
         ref_text = f"real '{r.query_label}'s: {ref:.2f}" if ref is not None else "no same-class reference"
         lines.append(f"#{r.channel} ({r.concept}): query is a '{r.query_label}'; {m['same_class_rate']:.0%} of the "
-                     f"samples are classified '{r.query_label}'; diversity {m['diversity']:.2f} ({ref_text})")
+                     f"samples are classified '{r.query_label}'; diversity {m['diversity']:.2f} ({ref_text}; real "
+                     f"images nearest in the map: {m['diversity_near_map_reference']:.2f})")
     return lines

@@ -110,6 +110,12 @@ def _sample_values(runs) -> dict:
         "diversity_ref_from": Text(next((r.metrics.get("diversity_reference_images") for r in runs
                                          if r.metrics.get("diversity_reference_images")), "–")),
         "diversity_words": words(_side(d, e) for d, e in zip(div, ref)),
+        "diversity_near_list": words(f"{r.metrics['diversity_near_map_reference']:.3f}" for r in runs),
+        "near_map_l2_list": words(f"{r.metrics['near_map_l2_median']:.3g}" for r in runs),
+        "diversity_near_words": words(_side(d, r.metrics["diversity_near_map_reference"]) for d, r in zip(div, runs)),
+        "near_vs_class_words": words(_side(r.metrics["diversity_near_map_reference"], e, missing="not compared with")
+                                     for r, e in zip(runs, ref)),
+        "near_tau_words": words(_side(r.metrics["near_map_l2_median"], r.result.config.tau) for r in runs),
     }
 
 

@@ -20,6 +20,7 @@ __all__ = [
     "frechet_distance",
     "feature_fid",
     "diversity",
+    "nearest_by_objective",
     "FIDResult",
     "bootstrap_interval",
 ]
@@ -105,6 +106,26 @@ def diversity(features: torch.Tensor) -> float:
     d = torch.cdist(f, f)
     n = len(f)
     return float(d.sum() / (n * (n - 1)))
+
+
+@torch.no_grad()
+def nearest_by_objective(objective, images: torch.Tensor, target: torch.Tensor, k: int, *, batch: int = 512,
+                         exclude: Optional[int] = None, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` of ``images`` (N, C, H, W) whose objective values lie nearest ``target`` in the Algorithm 1
+    loss Σ(L(x) − y*)²: their indices (k,) and losses (k,), nearest first; ``exclude``: an index left out
+    (the query itself). Real images ranked this way show how far real data is from sharing y*."""
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"k must be an integer ≥ 1, got {k!r}")
+    n_left = len(images) - (exclude is not None)
+    if k > n_left:
+        raise ValueError(f"k must be at most {n_left} (the images to rank), got {k}")
+    t = target.float().reshape(1, -1).cpu()
+    loss = torch.cat([l1_l2(objective(images[i : i + batch].to(device)).float().cpu(), t)[1]
+                      for i in range(0, len(images), batch)])  # (N,)
+    if exclude is not None:
+        loss[exclude] = float("inf")
+    loss, idx = torch.topk(loss, k, largest=False)
+    return idx, loss
 
 
 @dataclass
