@@ -157,6 +157,7 @@ def main() -> None:
     tau = 0.01
 
     _, neuron, query, label, channel, ddpm, clf, images = _setup(a)
+    clf_path = zoo.get_model(a.classifier, progress=False).path
     objectives = {
         "neuron": neuron,
         "probability": class_probability(clf, label, name="digits ResNet"),
@@ -267,6 +268,7 @@ def main() -> None:
         "threads": a.threads,
         "machine": machine(),
         "query": {"index": a.query_index, "label": label, "channel": channel},
+        "models": {"ddpm": Path(ddpm.path).name, "classifier": Path(clf_path).name},  # the shipped folders used
     }
     if a.json:
         Path(a.json).write_text(json.dumps(out, indent=2))
@@ -280,7 +282,11 @@ def main() -> None:
 
 
 def markdown_tables(out, timing, memory, results, ts, by_opt) -> str:
-    rows = ["| T | s/step, checkpointed | s/step, not checkpointed | peak MiB, checkpointed | peak MiB, not checkpointed |",
+    m = out["models"]
+    rows = [f"Measured with the prior `{m['ddpm']}` and the classifier `{m['classifier']}` (`data/models/`), "
+            f"{out['threads']} torch thread{'s' if out['threads'] != 1 else ''}, on {out['machine']['cpu']} "
+            f"({out['machine']['cores']} cores).", "",
+            "| T | s/step, checkpointed | s/step, not checkpointed | peak MiB, checkpointed | peak MiB, not checkpointed |",
             "| --- | --- | --- | --- | --- |"]
     f = lambda v, d=1: "n/a" if v is None else f"{v:.{d}f}"  # noqa: E731
     for T in ts:
