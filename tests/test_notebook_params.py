@@ -105,7 +105,8 @@ def test_missing_notebook_or_parameter():
 # (notebook, parameter, bad value): every one must raise ValueError naming the parameter
 BAD = {
     "00_world": [
-        ("seed", -1), ("n_samples", 5), ("n_samples", "many"), ("ddim_steps", 0), ("profile", "paper"),
+        ("seed", -1), ("n_samples", 5), ("n_samples", "many"), ("ddim_steps", 0), ("compare_steps", -1),
+        ("compare_steps", 2.5), ("profile", "paper"),
         ("output_dir", ""),
     ],
     "01_circles": [

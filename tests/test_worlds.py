@@ -100,3 +100,31 @@ def test_unknown_and_bad_parameters_are_refused_by_name(tmp_path):
 def test_paper_only_names_are_the_paper_worlds_parameters():
     named = {n for n, p in inspect.signature(paper_world).parameters.items() if p.kind is not p.VAR_KEYWORD}
     assert set(digits_world.PAPER_ONLY) == named
+
+
+def test_world_chapter_compares_the_same_noises_through_a_longer_chain(smoke):
+    from ast import literal_eval
+
+    from equidiff.chapters import world as eqw
+    from equidiff.report import figures as plots
+
+    world, _ = smoke
+    # the same chain length twice: the "longer" chain must then see the very same starting noises
+    ov = eqw.overview(world, n_samples=16, seed=3, ddim_steps=2, compare_steps=2)
+    same = ov["compare_chain"]
+    assert same["class_counts"] == ov["quality"]["class_counts"] and sum(same["class_counts"]) == 16
+    assert same["share_confident"] == pytest.approx(ov["quality"]["share_confident"])
+    v = eqw.prose_values(ov)
+    counts = same["class_counts"]
+    assert v["compare_steps"] == 2 and v["compare_rarest_count"] == min(counts)
+    assert counts[v["compare_commonest_class"]] == max(counts) and literal_eval(v["compare_share"]) == f"{same['share_confident']:.3f}"
+    none = eqw.overview(world, n_samples=16, seed=3, ddim_steps=2, compare_steps=0)
+    assert none["compare_chain"] is None and str(eqw.prose_values(none)["compare_share"]) == "–"
+    fig = plots.class_mix({"a": counts, "b": [1] * 10}, reference=[400] * 10, title="t")
+    ax = fig.axes[0]
+    heights = [p.get_height() for p in ax.patches]  # shares in %, one bar per class and chain
+    assert len(heights) == 20 and sum(heights[:10]) == pytest.approx(100.0) and heights[10] == pytest.approx(10.0)
+    assert ax.get_ylabel() == "share of images (%)"
+    with pytest.raises(ValueError, match="compare_steps"):
+        eqw.check_parameters({"seed": 0, "n_samples": 10, "ddim_steps": 1, "compare_steps": -1, "profile": "cpu",
+                              "output_dir": "x"})

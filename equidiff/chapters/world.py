@@ -16,7 +16,8 @@ import torch
 
 from equidiff._validate import bad, check_folder, check_int
 from equidiff.core.filters import high_frequency_share
-from equidiff.report.glue import Text
+from equidiff.report.glue import Text, as_is
+from equidiff.worlds.digits.models import quality_gate
 from equidiff.worlds.digits.ship import CONFIDENT, COPY_QUANTILE, GATE_COPIES, GATE_SHARE, prior_quality
 
 __all__ = ["check_parameters", "overview", "prose_values", "PROFILES"]
@@ -29,26 +30,37 @@ def check_parameters(p: dict) -> None:
     check_int("seed", p["seed"], 0)
     check_int("n_samples", p["n_samples"], 10, why="unoptimised prior samples to measure")
     check_int("ddim_steps", p["ddim_steps"], 1, why="DDIM steps of the prior")
+    check_int("compare_steps", p["compare_steps"], 0, why="DDIM steps of a longer chain to compare with; 0: none")
     if p["profile"] not in PROFILES:
         raise bad("profile", p["profile"], f"one of {PROFILES} (the embedded world; the paper world has no page here)")
     check_folder("output_dir", p["output_dir"])
 
 
-def overview(world, n_samples: int = 1000, seed: int = 0, ddim_steps: int = 10) -> dict:
-    """Everything the chapter shows about ``world`` (a digits world with a ``"zoo"`` part)."""
+def overview(world, n_samples: int = 1000, seed: int = 0, ddim_steps: int = 10, compare_steps: int = 50) -> dict:
+    """Everything the chapter shows about ``world`` (a digits world with a ``"zoo"`` part).
+
+    ``compare_steps`` > 0: the same starting noises also run through a ``compare_steps``-step DDIM
+    chain (``"compare_chain"``: its judge-confident share and class counts), to tell what the short
+    chain the chapters optimise through does to the samples from what the trained model does."""
     t0 = time.perf_counter()
     zoo = world.part("zoo")
     ddpm, clf = zoo["ddpm"], zoo["classifier"]
     quality, d = prior_quality(ddpm.model, ddpm.scheduler, world.judge, n=n_samples, seed=seed,
                                train=world.images, test=world.test_images, num_inference_steps=ddim_steps)
     samples = d["samples"]
+    compare = None
+    if compare_steps:  # quality_gate seeds its noise as prior_quality's call did: the same starting noises
+        r = quality_gate(ddpm.model, ddpm.scheduler, world.judge, n=n_samples, num_inference_steps=compare_steps,
+                         threshold=CONFIDENT, seed=seed)
+        compare = {"ddim_steps": compare_steps, "share_confident": r.share,
+                   "class_counts": torch.bincount(r.labels, minlength=10).tolist()}
     return {
         "n_train": len(world.images), "n_test": len(world.test_images),
         "train_per_class": torch.bincount(world.labels, minlength=10).tolist(),
         "classifier_test_accuracy": float(clf.info["test_accuracy"]),
         "ddpm_train_steps": int(ddpm.config.train_steps), "ddpm_params": int(ddpm.info["n_params"]),
         "ddpm_train_seconds": float(ddpm.info["train_seconds"]), "ddim_steps": ddim_steps,
-        "quality": quality.summary(),
+        "quality": quality.summary(), "compare_chain": compare,
         "hf_share_real": float(high_frequency_share(world.images).mean()),
         "hf_share_samples": float(high_frequency_share(samples).mean()),
         "samples": samples, "sample_labels": d["labels"], "sample_confidence": d["confidence"],
@@ -82,4 +94,17 @@ def prose_values(ov: dict) -> dict:
                                "class " + ", ".join(str(c) for c in range(10) if counts[c] == 0)
                                + " never appears among the samples"),
         "hf_real": ov["hf_share_real"], "hf_samples": ov["hf_share_samples"],
+        **_compare_values(ov["compare_chain"]),
     }
+
+
+def _compare_values(c) -> dict:
+    """The longer chain's figures for the prose ("–" where the chapter ran none)."""
+    if c is None:
+        return {k: Text("–") for k in ("compare_steps", "compare_share", "compare_rarest_class", "compare_rarest_count",
+                                       "compare_commonest_class", "compare_commonest_count")}
+    counts = c["class_counts"]
+    return {"compare_steps": c["ddim_steps"], "compare_share": as_is(f"{c['share_confident']:.3f}"),
+            "compare_rarest_class": int(min(range(10), key=lambda k: counts[k])), "compare_rarest_count": int(min(counts)),
+            "compare_commonest_class": int(max(range(10), key=lambda k: counts[k])),
+            "compare_commonest_count": int(max(counts))}

@@ -6,7 +6,7 @@ import numpy as np
 
 from equidiff.report.figures.common import pyplot, show_image
 
-__all__ = ["digit_rows", "prior_samples", "nearest_pairs", "nearest_histogram"]
+__all__ = ["digit_rows", "prior_samples", "nearest_pairs", "nearest_histogram", "class_mix"]
 
 
 def digit_rows(images, labels, per_class: int = 12, title: str = ""):
@@ -77,6 +77,28 @@ def nearest_histogram(nn_sample, nn_test, threshold: float, title: str = ""):
     ax.set_xlabel("pixel L2 distance to the nearest training digit")
     ax.set_ylabel("density")
     ax.legend(fontsize=8, frameon=False)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return fig
+
+
+def class_mix(counts: dict, reference=None, reference_label: str = "training digits", title: str = ""):
+    """Share of samples per judge label (0-9), one bar per entry of ``counts`` ({label: 10 counts}),
+    beside the share of each class in ``reference`` (10 counts, drawn as black ticks)."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), constrained_layout=True)
+    x = np.arange(10)
+    width = 0.8 / max(len(counts), 1)
+    for i, (label, c) in enumerate(counts.items()):
+        c = np.asarray(c, dtype=float)
+        ax.bar(x - 0.4 + width * (i + 0.5), 100 * c / c.sum(), width, label=f"{label} (n = {int(c.sum())})")
+    if reference is not None:
+        r = np.asarray(reference, dtype=float)
+        ax.scatter(x, 100 * r / r.sum(), marker="_", s=400, color="black", zorder=3, label=reference_label)
+    ax.set_xticks(x)
+    ax.set_xlabel("class (the judge's label for samples, the true label for real digits)")
+    ax.set_ylabel("share of images (%)")
+    ax.legend(fontsize=8, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3)  # below: bars stay clear
     if title:
         ax.set_title(title, fontsize=10)
     return fig
