@@ -109,10 +109,12 @@ def main() -> None:
           f"HF share of real digits {real_hf:.3f}")
     if a.json:
         run = {"query_index": a.query_index, "label": label, "n": a.n, "steps": a.steps, "threads": a.threads,
-               "machine": machine()}
+               "machine": machine(), "models": {"ddpm": Path(ddpm.path).name}}
         Path(a.json).write_text(json.dumps({"rows": rows, **real, "run": run}, indent=2))
     if a.markdown:
-        md = ["| setting | success within B | steps to τ (median) | mean \\|z_T\\| / √d | share labelled with confidence ≥ 0.9 | FID in classifier features | HF power share |",
+        md = [f"Measured with the prior `{Path(ddpm.path).name}` (`data/models/`), {a.threads} torch "
+              f"thread{'s' if a.threads != 1 else ''}.", "",
+              "| setting | success within B | steps to τ (median) | mean \\|z_T\\| / √d | share labelled with confidence ≥ 0.9 | FID in classifier features | HF power share |",
               "| --- | --- | --- | --- | --- | --- | --- |"]
         esc = lambda s: s.replace("|", "\\|")  # noqa: E731  (a bare | would split the table cell)
         for r in rows:
