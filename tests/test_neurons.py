@@ -3,6 +3,7 @@ the digits world (``smoke``) and of the paper world (random ResNet-50 + latent D
 
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -154,6 +155,48 @@ def test_torch_threads_restores_the_count():
     assert torch.get_num_threads() == before
     with pytest.raises(ValueError, match="workers must be an integer ≥ 1, got 0"):
         pool.run_pool(lambda c, item, report: item, [1, 2], 0)
+
+
+_ORPHAN_SCRIPT = """
+import os, time
+from equidiff.run.pool import run_pool
+
+def init():
+    return None
+
+def job(context, item, report):
+    report(os.getpid())
+    time.sleep(120)
+    return item
+
+if __name__ == "__main__":
+    run_pool(job, [0, 1], 2, init=init, on_report=lambda i, pid: print(pid, flush=True))
+"""
+
+
+def _running(pid: int) -> bool:
+    try:
+        status = open(f"/proc/{pid}/status").read()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status  # a zombie has exited (nobody has reaped it yet)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_pool_workers_exit_when_the_pool_process_is_killed(tmp_path):
+    script = tmp_path / "orphans.py"
+    script.write_text(_ORPHAN_SCRIPT)
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        pids = [int(parent.stdout.readline()) for _ in range(2)]  # each worker reports its pid, then sleeps
+        assert all(_running(p) for p in pids)
+    finally:
+        parent.kill()  # SIGKILL: the pool is never shut down
+        parent.wait()
+    deadline = time.monotonic() + 15
+    while any(_running(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_running(p) for p in pids), "pool workers outlived the killed process that started them"
 
 
 # ------------------------------------------------------------------ the digits world, tiny models

@@ -21,7 +21,10 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing as mp
+import os
 import queue as queue_mod
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Optional, Sequence
@@ -49,7 +52,17 @@ def torch_threads(n: Optional[int]):
         torch.set_num_threads(before)
 
 
-def _worker_init(init: Callable, init_args: tuple, threads: Optional[int], messages) -> None:
+def _exit_with_parent(parent: int, every: float = 1.0) -> None:
+    """End this worker once the process that started the pool is gone: killed (``kill -9``, a killed
+    ``make book``), it never shuts the pool down, and orphaned workers would keep the cores busy."""
+    while True:
+        time.sleep(every)
+        if os.getppid() != parent:  # re-parented: the pool's process has died
+            os._exit(1)
+
+
+def _worker_init(init: Callable, init_args: tuple, threads: Optional[int], messages, parent: int) -> None:
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     if threads is not None:
         torch.set_num_threads(threads)  # the same thread count as run_pool's in-process path
     _WORKER["context"] = init(*init_args)
@@ -109,7 +122,7 @@ def run_pool(
     messages = ctx.Queue()
     try:
         with ProcessPoolExecutor(min(workers, len(items)), mp_context=ctx, initializer=_worker_init,
-                                 initargs=(init, tuple(init_args), threads, messages)) as ex:
+                                 initargs=(init, tuple(init_args), threads, messages, os.getpid())) as ex:
             futures = [ex.submit(_worker_run, fn, i, item) for i, item in enumerate(items)]
             pending = set(range(len(items)))
             while pending:
