@@ -116,9 +116,10 @@ def objective_fwd_bwd_seconds(objective, n: int, reps: int = 3) -> float:
 
 
 def _setup(a, T: int = 10, ck: bool = True):
-    """(prior, neuron objective, query, label, channel, ddpm, classifier, test images)."""
+    """(prior, neuron objective, query, label, channel, ddpm, classifier, test images, classifier folder)."""
     ddpm = zoo.get_model(a.ddpm, progress=False)
-    clf = zoo.get_model(a.classifier, progress=False).model
+    clf_zoo = zoo.get_model(a.classifier, progress=False)
+    clf = clf_zoo.model
     images, labels = zoo.load_digits16("test")
     query = images[a.query_index : a.query_index + 1]  # (1, 1, 16, 16)
     label = int(labels[a.query_index])
@@ -128,7 +129,7 @@ def _setup(a, T: int = 10, ck: bool = True):
         channel = int(store["input"][0].flatten(1).mean(1).argmax())  # the query's strongest neuron
     obj = neuron_map(clf, NEURON_LAYER, channel, read="input", name="digits ResNet")
     prior = PixelDDIMPrior(ddpm.model, ddpm.scheduler, num_steps=T, checkpointing=ck, clamp=False)
-    return prior, obj, query, label, channel, ddpm, clf, images
+    return prior, obj, query, label, channel, ddpm, clf, images, clf_zoo.path
 
 
 def main() -> None:
@@ -156,8 +157,7 @@ def main() -> None:
     ts = (10, 20) if a.quick else (10, 20, 50)
     tau = 0.01
 
-    _, neuron, query, label, channel, ddpm, clf, images = _setup(a)
-    clf_path = zoo.get_model(a.classifier, progress=False).path
+    _, neuron, query, label, channel, ddpm, clf, images, clf_path = _setup(a)
     objectives = {
         "neuron": neuron,
         "probability": class_probability(clf, label, name="digits ResNet"),

@@ -426,7 +426,7 @@ def run_neuron(world, table: AlignmentTable, channel: int, *, concept: Optional[
         same = same[torch.randperm(len(same), generator=gen)[:n_samples]]
         same_div = diversity(classifier_features(clf, same.to(world.device)).cpu())
     # as many real images as there are samples, those whose maps come nearest n(x*): how varied is real data
-    # that almost shares the map? (none shares it: their L2 is far above τ)
+    # that almost shares the map? (near_map_l2_median says how near: below τ they are members themselves)
     near, near_l2 = nearest_by_objective(objective, table.images, target, min(n_samples, len(table.images) - 1),
                                          batch=world.batch_size or 512, exclude=qi, device=world.device)
     done = result.steps_to_converge[result.converged].float()

@@ -88,8 +88,7 @@ def prose_values(ov: dict) -> dict:
         "nn_sample_median": q["nn_sample_median"], "nn_test_median": q["nn_test_median"],
         "share_closer": q["share_closer_than_real"],
         "gate_verdict": Text("passes" if q["passed"] else "fails"),
-        "rarest_class": int(min(range(10), key=lambda c: counts[c])), "rarest_count": int(min(counts)),
-        "commonest_class": int(max(range(10), key=lambda c: counts[c])), "commonest_count": int(max(counts)),
+        **_extremes("", counts),
         "class_coverage": Text("every class appears among the samples" if min(counts) > 0 else
                                "class " + ", ".join(str(c) for c in range(10) if counts[c] == 0)
                                + " never appears among the samples"),
@@ -103,8 +102,12 @@ def _compare_values(c) -> dict:
     if c is None:
         return {k: Text("–") for k in ("compare_steps", "compare_share", "compare_rarest_class", "compare_rarest_count",
                                        "compare_commonest_class", "compare_commonest_count")}
-    counts = c["class_counts"]
     return {"compare_steps": c["ddim_steps"], "compare_share": as_is(f"{c['share_confident']:.3f}"),
-            "compare_rarest_class": int(min(range(10), key=lambda k: counts[k])), "compare_rarest_count": int(min(counts)),
-            "compare_commonest_class": int(max(range(10), key=lambda k: counts[k])),
-            "compare_commonest_count": int(max(counts))}
+            **_extremes("compare_", c["class_counts"])}
+
+
+def _extremes(prefix: str, counts: list) -> dict:
+    """The rarest and the commonest class of 10 class counts, and their counts (first class on ties)."""
+    rarest, commonest = min(range(10), key=counts.__getitem__), max(range(10), key=counts.__getitem__)
+    return {f"{prefix}rarest_class": rarest, f"{prefix}rarest_count": int(counts[rarest]),
+            f"{prefix}commonest_class": commonest, f"{prefix}commonest_count": int(counts[commonest])}
