@@ -66,7 +66,7 @@ NOTEBOOKS = REPO / "notebooks"
 PROFILES: dict[str, dict[str, dict]] = {
     "cpu": {},
     "smoke": {
-        "00_world": {"profile": "smoke", "n_samples": 64},
+        "00_world": {"profile": "smoke", "n_samples": 64, "stochastic_samples": 64},
         "01_circles": {"n_invariant": 32, "steps": 60, "prior_points": 16, "prior_steps": 40, "ddim_steps": 5},
         "02_neurons": {"profile": "smoke"},
         "03_sae": {"profile": "smoke", "min_rate": 0.0, "max_rate": 1.0, "n_features": 2},

@@ -106,7 +106,7 @@ def test_missing_notebook_or_parameter():
 BAD = {
     "00_world": [
         ("seed", -1), ("n_samples", 5), ("n_samples", "many"), ("ddim_steps", 0), ("compare_steps", -1),
-        ("compare_steps", 2.5), ("profile", "paper"),
+        ("compare_steps", 2.5), ("stochastic_steps", -1), ("stochastic_samples", 5), ("profile", "paper"),
         ("output_dir", ""),
     ],
     "01_circles": [

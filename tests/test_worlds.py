@@ -110,7 +110,7 @@ def test_world_chapter_compares_the_same_noises_through_a_longer_chain(smoke):
 
     world, _ = smoke
     # the same chain length twice: the "longer" chain must then see the very same starting noises
-    ov = eqw.overview(world, n_samples=16, seed=3, ddim_steps=2, compare_steps=2)
+    ov = eqw.overview(world, n_samples=16, seed=3, ddim_steps=2, compare_steps=2, stochastic_steps=0)
     same = ov["compare_chain"]
     assert same["class_counts"] == ov["quality"]["class_counts"] and sum(same["class_counts"]) == 16
     assert same["share_confident"] == pytest.approx(ov["quality"]["share_confident"])
@@ -118,13 +118,43 @@ def test_world_chapter_compares_the_same_noises_through_a_longer_chain(smoke):
     counts = same["class_counts"]
     assert v["compare_steps"] == 2 and v["compare_rarest_count"] == min(counts)
     assert counts[v["compare_commonest_class"]] == max(counts) and literal_eval(v["compare_share"]) == f"{same['share_confident']:.3f}"
-    none = eqw.overview(world, n_samples=16, seed=3, ddim_steps=2, compare_steps=0)
+    none = eqw.overview(world, n_samples=16, seed=3, ddim_steps=2, compare_steps=0, stochastic_steps=0)
     assert none["compare_chain"] is None and str(eqw.prose_values(none)["compare_share"]) == "–"
+    assert none["stochastic_chain"] is None and str(eqw.prose_values(none)["stochastic_verdict"]) == "–"
     fig = plots.class_mix({"a": counts, "b": [1] * 10}, reference=[400] * 10, title="t")
     ax = fig.axes[0]
     heights = [p.get_height() for p in ax.patches]  # shares in %, one bar per class and chain
     assert len(heights) == 20 and sum(heights[:10]) == pytest.approx(100.0) and heights[10] == pytest.approx(10.0)
     assert ax.get_ylabel() == "share of images (%)"
     with pytest.raises(ValueError, match="compare_steps"):
-        eqw.check_parameters({"seed": 0, "n_samples": 10, "ddim_steps": 1, "compare_steps": -1, "profile": "cpu",
-                              "output_dir": "x"})
+        eqw.check_parameters({"seed": 0, "n_samples": 10, "ddim_steps": 1, "compare_steps": -1, "stochastic_steps": 0,
+                              "stochastic_samples": 10, "profile": "cpu", "output_dir": "x"})
+
+
+def test_world_chapter_measures_the_model_through_a_stochastic_chain(smoke):
+    from ast import literal_eval
+
+    from equidiff.chapters import world as eqw
+    from equidiff.worlds.digits.models import quality_gate
+
+    world, _ = smoke
+    ov = eqw.overview(world, n_samples=16, seed=3, ddim_steps=2, compare_steps=0, stochastic_steps=4,
+                      stochastic_samples=12)
+    c = ov["stochastic_chain"]
+    ddpm = world.part("zoo")["ddpm"]
+    alone = quality_gate(ddpm.model, ddpm.scheduler, world.judge, n=12, num_inference_steps=4, seed=3, eta=1.0)
+    assert c["share_confident"] == pytest.approx(alone.share) and c["class_counts"] == alone.class_counts()
+    assert c["n"] == 12 and c["eta"] == 1.0 and sum(c["class_counts"]) == 12
+    assert c["share_se"] == pytest.approx((alone.share * (1 - alone.share) / 12) ** 0.5)
+    v = eqw.prose_values(ov)
+    assert literal_eval(v["stochastic_share"]) == f"{alone.share:.3f}" and v["stochastic_n"] == 12
+    gap = 100 * (alone.share - ov["quality"]["share_confident"])
+    assert str(v["stochastic_gap_words"]) == f"{abs(gap):.1f} percentage points {'above' if gap >= 0 else 'below'}"
+    passes = alone.share >= ov["gate_share"]
+    assert str(v["stochastic_verdict"]) == ("at or above" if passes else "below")
+    assert str(v["stochastic_reading"]).startswith("The model itself reaches" if passes else "Even without")
+    for name, value in (("stochastic_steps", -1), ("stochastic_samples", 5)):
+        p = {"seed": 0, "n_samples": 10, "ddim_steps": 1, "compare_steps": 0, "stochastic_steps": 0,
+             "stochastic_samples": 10, "profile": "cpu", "output_dir": "x", name: value}
+        with pytest.raises(ValueError, match=name):
+            eqw.check_parameters(p)

@@ -353,6 +353,23 @@ def test_quality_gate_is_seeded_and_consistent(tiny_cache, tmp_path):
         zoo.save_sample_grid(r.samples[:, 0], tmp_path / "bad.png")
 
 
+def test_quality_gate_eta_adds_seeded_noise_from_the_same_start(tiny_cache):
+    """η = 1 starts from the same noise as η = 0 but adds noise at each step: other samples, seeded."""
+    _, ddpm, clf = tiny_cache
+    det = zoo.quality_gate(ddpm.model, ddpm.scheduler, clf.model, n=6, num_inference_steps=4, seed=3)
+    sto = zoo.quality_gate(ddpm.model, ddpm.scheduler, clf.model, n=6, num_inference_steps=4, seed=3, eta=1.0)
+    again = zoo.quality_gate(ddpm.model, ddpm.scheduler, clf.model, n=6, num_inference_steps=4, seed=3, eta=1.0)
+    assert torch.equal(sto.samples, again.samples)
+    assert not torch.allclose(sto.samples, det.samples, atol=1e-3)
+    assert sto.summary()["eta"] == 1.0 and det.summary()["eta"] == 0.0
+    # a one-step chain ends on the x0 estimate, where the DDIM variance is zero: η adds nothing
+    one = zoo.quality_gate(ddpm.model, ddpm.scheduler, clf.model, n=6, num_inference_steps=1, seed=3, eta=1.0)
+    one_det = zoo.quality_gate(ddpm.model, ddpm.scheduler, clf.model, n=6, num_inference_steps=1, seed=3)
+    assert torch.allclose(one.samples, one_det.samples, atol=1e-6)
+    with pytest.raises(ValueError, match=r"eta must be a number in \[0, 1\] \(0: deterministic DDIM; 1: DDPM-like\), got 2"):
+        zoo.quality_gate(ddpm.model, ddpm.scheduler, clf.model, eta=2)
+
+
 def test_quality_gate_matches_the_pixel_ddim_prior(tiny_cache):
     """The gate's DDIMPipeline samples equal equidiff's differentiable prior for the same seed."""
     _, ddpm, clf = tiny_cache

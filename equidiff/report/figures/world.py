@@ -98,7 +98,9 @@ def class_mix(counts: dict, reference=None, reference_label: str = "training dig
     ax.set_xticks(x)
     ax.set_xlabel("class (the judge's label for samples, the true label for real digits)")
     ax.set_ylabel("share of images (%)")
-    ax.legend(fontsize=8, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3)  # below: bars stay clear
+    entries = len(counts) + (reference is not None)
+    ax.legend(fontsize=8, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.2),
+              ncol=2 if entries == 4 else 3)  # below: bars stay clear; four entries as a 2 x 2 block
     if title:
         ax.set_title(title, fontsize=10)
     return fig

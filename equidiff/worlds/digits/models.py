@@ -257,8 +257,9 @@ class QualityReport:
     labels: torch.Tensor  # (n,) the classifier's top class
     confidence: torch.Tensor  # (n,) its probability
     threshold: float  # the confidence threshold
-    num_inference_steps: int  # DDIM steps (η = 0)
-    seed: int  # seed of the starting noise
+    num_inference_steps: int  # DDIM steps
+    seed: int  # seed of the starting noise (and, for η > 0, of the noise each step adds)
+    eta: float = 0.0  # DDIM η: 0 the deterministic chain the chapters optimise through, 1 DDPM-like ancestral steps
 
     def class_counts(self) -> list[int]:
         """Samples per predicted class 0..9 (diversity check: a collapsed prior has few classes)."""
@@ -271,6 +272,7 @@ class QualityReport:
             "n": int(self.labels.numel()),
             "num_inference_steps": self.num_inference_steps,
             "seed": self.seed,
+            "eta": self.eta,
             "mean_confidence": float(self.confidence.mean()),
             "class_counts": self.class_counts(),
         }
@@ -286,12 +288,15 @@ def quality_gate(
     num_inference_steps: int = 10,
     threshold: float = 0.9,
     seed: int = 0,
+    eta: float = 0.0,
 ) -> QualityReport:
-    """Share of ``n`` unconditional DDIM samples (η = 0, seeded) the classifier labels with confidence ≥ threshold.
+    """Share of ``n`` unconditional DDIM samples (seeded) the classifier labels with confidence ≥ threshold.
 
     Samples come from diffusers' own ``DDIMPipeline(unet, scheduler)`` (which builds a
     ``DDIMScheduler`` from ``scheduler.config``), started from a ``torch.Generator`` seeded with
     ``seed``; they are mapped back from the pipeline's [0, 1] to [-1, 1] for the classifier.
+    ``eta``: 0 (default) is the deterministic chain ``z_T -> x`` that Algorithm 1 optimises through;
+    1 adds fresh noise at every step (from the same generator), as DDPM's ancestral sampler does.
     """
     from diffusers import DDIMPipeline
 
@@ -303,10 +308,12 @@ def quality_gate(
         raise _bad("threshold", threshold, "a number in (0, 1]")
     if not _is_int(seed) or seed < 0:
         raise _bad("seed", seed, "an integer ≥ 0")
+    if not _is_num(eta) or not (0 <= eta <= 1):
+        raise _bad("eta", eta, "a number in [0, 1] (0: deterministic DDIM; 1: DDPM-like)")
     pipe = DDIMPipeline(unet=unet, scheduler=scheduler)
     pipe.set_progress_bar_config(disable=True)
     gen = torch.Generator().manual_seed(seed)
-    images = pipe(batch_size=n, generator=gen, num_inference_steps=num_inference_steps, eta=0.0,
+    images = pipe(batch_size=n, generator=gen, num_inference_steps=num_inference_steps, eta=float(eta),
                   output_type="pt").images  # (n, 1, 16, 16) in [0, 1]
     samples = (images * 2.0 - 1.0).cpu()  # (n, 1, 16, 16) in [-1, 1]
     param = next(classifier.parameters())
@@ -316,7 +323,7 @@ def quality_gate(
     classifier.train(was_training)
     confidence, labels = probs.max(dim=1)
     share = float((confidence >= threshold).float().mean())
-    return QualityReport(share, samples, labels, confidence, float(threshold), num_inference_steps, seed)
+    return QualityReport(share, samples, labels, confidence, float(threshold), num_inference_steps, seed, float(eta))
 
 
 def save_sample_grid(
