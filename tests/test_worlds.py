@@ -152,7 +152,10 @@ def test_world_chapter_measures_the_model_through_a_stochastic_chain(smoke):
     assert str(v["stochastic_gap_words"]) == f"{abs(gap):.1f} percentage points {'above' if gap >= 0 else 'below'}"
     passes = alone.share >= ov["gate_share"]
     assert str(v["stochastic_verdict"]) == ("at or above" if passes else "below")
-    assert str(v["stochastic_reading"]).startswith("The model itself reaches" if passes else "Even without")
+    assert str(v["stochastic_reading"]) == eqw._reading(passes, None)  # no longer deterministic chain ran
+    assert eqw._reading(False, False).startswith("Even with fresh noise")
+    assert "both deterministic chains fall short" in eqw._reading(True, False)
+    assert eqw._reading(True, True).endswith("the shortfall is the short chain's")
     for name, value in (("stochastic_steps", -1), ("stochastic_samples", 5)):
         p = {"seed": 0, "n_samples": 10, "ddim_steps": 1, "compare_steps": 0, "stochastic_steps": 0,
              "stochastic_samples": 10, "profile": "cpu", "output_dir": "x", name: value}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Optional
 
 import torch
 
@@ -109,7 +110,8 @@ def prose_values(ov: dict) -> dict:
                                + " never appears among the samples"),
         "hf_real": ov["hf_share_real"], "hf_samples": ov["hf_share_samples"],
         **_compare_values(ov["compare_chain"]),
-        **_stochastic_values(ov["stochastic_chain"], q["share_confident"], ov["gate_share"]),
+        **_stochastic_values(ov["stochastic_chain"], q["share_confident"], ov["gate_share"],
+                             None if ov["compare_chain"] is None else ov["compare_chain"]["share_confident"] >= ov["gate_share"]),
     }
 
 
@@ -122,7 +124,7 @@ def _compare_values(c) -> dict:
             **_extremes("compare_", c["class_counts"])}
 
 
-def _stochastic_values(c, share: float, gate: float) -> dict:
+def _stochastic_values(c, share: float, gate: float, longer: Optional[bool]) -> dict:
     """The stochastic chain's figures and reading for the prose ("–" where the chapter ran none)."""
     keys = ("stochastic_steps", "stochastic_n", "stochastic_share", "stochastic_se", "stochastic_gap_words",
             "stochastic_verdict", "stochastic_reading")
@@ -133,11 +135,22 @@ def _stochastic_values(c, share: float, gate: float) -> dict:
             "stochastic_share": as_is(f"{c['share_confident']:.3f}"), "stochastic_se": as_is(f"{c['share_se']:.3f}"),
             "stochastic_gap_words": Text(f"{abs(gap):.1f} percentage points {'above' if gap >= 0 else 'below'}"),
             "stochastic_verdict": Text("at or above" if passes else "below"),
-            "stochastic_reading": Text(
-                "The model itself reaches the gate: what the short chain's samples lack is what a deterministic "
-                "chain of few steps costs, not what the model failed to learn" if passes else
-                "Even without a deterministic chain the model stays below the gate, so part of the shortfall is "
-                "the model's own")}
+            "stochastic_reading": Text(_reading(passes, longer))}
+
+
+def _reading(passes: bool, longer: Optional[bool]) -> str:
+    """What the stochastic chain's verdict says about the shortfall; ``longer``: whether the longer
+    deterministic chain passes the gate (None: the chapter ran none)."""
+    if not passes:
+        return ("Even with fresh noise at every step the model stays below the gate, so part of the shortfall "
+                "is the model's own")
+    if longer is None:
+        return ("With fresh noise at every step the model reaches the gate, so a shortfall of the short "
+                "deterministic chain is the chain's rather than the model's")
+    if longer:
+        return "The model reaches the gate with fresh noise and through the longer deterministic chain: the shortfall is the short chain's"
+    return ("The model reaches the gate only with fresh noise: both deterministic chains fall short, the longer one "
+            "too, so what the chapters' samples lack is what determinism costs this model, not what it failed to learn")
 
 
 def _extremes(prefix: str, counts: list) -> dict:
