@@ -62,14 +62,14 @@ def overview(world, n_samples: int = 1000, seed: int = 0, ddim_steps: int = 10, 
         r = quality_gate(ddpm.model, ddpm.scheduler, world.judge, n=n_samples, num_inference_steps=compare_steps,
                          threshold=CONFIDENT, seed=seed)
         compare = {"ddim_steps": compare_steps, "share_confident": r.share,
-                   "class_counts": torch.bincount(r.labels, minlength=10).tolist()}
+                   "class_counts": r.class_counts()}
     stochastic = None
     if stochastic_steps:
         r = quality_gate(ddpm.model, ddpm.scheduler, world.judge, n=stochastic_samples,
                          num_inference_steps=stochastic_steps, threshold=CONFIDENT, seed=seed, eta=1.0)
         stochastic = {"steps": stochastic_steps, "eta": 1.0, "n": stochastic_samples, "share_confident": r.share,
                       "share_se": math.sqrt(r.share * (1 - r.share) / stochastic_samples),
-                      "class_counts": torch.bincount(r.labels, minlength=10).tolist()}
+                      "class_counts": r.class_counts()}
     return {
         "n_train": len(world.images), "n_test": len(world.test_images),
         "train_per_class": torch.bincount(world.labels, minlength=10).tolist(),
