@@ -202,15 +202,27 @@ def _register_engine() -> None:
     papermill_engines.register(_ENGINE, BuildEngine)
 
 
+# glibc's malloc gives every block above its mmap threshold (32 MB at most) back to the kernel when torch
+# frees it, so the next step's block of the same size is mapped and zero-filled again: chapter 00's
+# 1,000-sample chains took 38 M page faults and 108 s of system time in 158 s. Serving every block from a
+# heap that is never trimmed keeps the pages; the outputs are the same bit for bit (torch aligns its
+# blocks itself), in 75 s. `benchmarks/bench_malloc.py` measures both side by side. A value the caller
+# already set is kept. glibc reads these when a process starts, so they are set for the kernels.
+MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(64 << 30)}
+
+
 @contextlib.contextmanager
 def _kernel_env(progress_log: Path):
     """The environment a chapter's kernel starts with: ``$EQUIDIFF_PROGRESS_LOG`` set; relative
     ``$EQUIDIFF_CACHE`` and ``$PYTHONPATH`` entries and the log itself made absolute (the kernel runs in
-    the book folder: a build started with a relative ``--book`` once wrote its progress nowhere)."""
+    the book folder: a build started with a relative ``--book`` once wrote its progress nowhere); the
+    :data:`MALLOC_ENV` settings unless already set."""
     from equidiff.training import PROGRESS_LOG
 
-    old = {k: os.environ.get(k) for k in (PROGRESS_LOG, "EQUIDIFF_CACHE", "PYTHONPATH")}
+    old = {k: os.environ.get(k) for k in (PROGRESS_LOG, "EQUIDIFF_CACHE", "PYTHONPATH", *MALLOC_ENV)}
     try:
+        for k, v in MALLOC_ENV.items():
+            os.environ.setdefault(k, v)
         os.environ[PROGRESS_LOG] = str(Path(progress_log).resolve())  # the kernel runs in the book folder
         if old["EQUIDIFF_CACHE"]:
             os.environ["EQUIDIFF_CACHE"] = str(Path(old["EQUIDIFF_CACHE"]).resolve())

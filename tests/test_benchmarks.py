@@ -146,3 +146,19 @@ def test_performance_page_types_no_measured_figure_and_its_includes_exist():
     prose = re.sub(r"^#+ .*$", " ", prose, flags=re.M)
     numbers = set(re.findall(r"\d+(?:[.×]\d+)*(?:e-\d+)?", prose))
     assert numbers <= PAGE_CONSTANTS, sorted(numbers - PAGE_CONSTANTS)
+
+
+def test_bench_malloc_refuses_a_too_small_workload_naming_the_flag(capsys):
+    bm = _script("bench_malloc")
+    with pytest.raises(SystemExit):
+        bm.main(["--n-samples", "3"])
+    assert "--n-samples must be an integer ≥ 10, got 3" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_bench_malloc_runs_both_settings_and_finds_the_same_samples(tmp_path):
+    """Both settings in their own process, on a small workload: the samples agree bit for bit."""
+    bm = _script("bench_malloc")
+    assert bm.main(["--n-samples", "10", "--stochastic-samples", "10", "--json", str(tmp_path / "m.json")]) == 0
+    got = json.loads((tmp_path / "m.json").read_text())
+    assert got["same"] and set(got["rows"]) == {"glibc default", "build"}

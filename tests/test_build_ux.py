@@ -272,3 +272,14 @@ def test_the_progress_log_a_kernel_gets_is_absolute_for_a_relative_book(tmp_path
     with build._kernel_env(Path("book/_generated/.x.progress.jsonl")):
         path = Path(os.environ[PROGRESS_LOG])
     assert path.is_absolute() and path == tmp_path / "book" / "_generated" / ".x.progress.jsonl"
+
+
+def test_kernels_get_the_malloc_settings_unless_the_caller_set_them(tmp_path, monkeypatch):
+    """glibc reads MALLOC_* when a process starts: the build sets them for each kernel, keeps a value the
+    caller chose, and leaves the build's own environment as it was."""
+    monkeypatch.delenv("MALLOC_MMAP_MAX_", raising=False)
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "12345")
+    with build._kernel_env(tmp_path / ".x.progress.jsonl"):
+        assert os.environ["MALLOC_MMAP_MAX_"] == build.MALLOC_ENV["MALLOC_MMAP_MAX_"] == "0"
+        assert os.environ["MALLOC_TRIM_THRESHOLD_"] == "12345"
+    assert "MALLOC_MMAP_MAX_" not in os.environ and os.environ["MALLOC_TRIM_THRESHOLD_"] == "12345"
