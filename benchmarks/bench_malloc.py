@@ -1,6 +1,6 @@
 """The world chapter's prior chains with glibc's default malloc and with the build's settings, side by side.
 
-    python benchmarks/bench_malloc.py [--n-samples 1000] [--stochastic-samples 500] [--json PATH]
+    python benchmarks/bench_malloc.py [--n-samples 1000] [--stochastic-samples 500] [--json PATH] [--markdown PATH]
 
 ``equidiff.build.MALLOC_ENV`` (``MALLOC_MMAP_MAX_=0``, ``MALLOC_TRIM_THRESHOLD_`` = 64 GiB) keeps the large
 blocks torch frees in a heap glibc never trims; by default glibc maps each block above its mmap threshold
@@ -53,11 +53,27 @@ def run(setting: str, args) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
+def markdown(out: dict) -> str:
+    """The Performance page's table and finding, from a run's ``--json`` record."""
+    lines = ["| malloc settings | wall s | user s | system s | minor page faults | peak resident MB |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for name, r in out["rows"].items():
+        lines.append(f"| {name} | {r['wall_s']:.1f} | {r['user_s']:.1f} | {r['sys_s']:.1f} | {r['minor_faults']:,} | "
+                     f"{r['peak_rss_mb']:.0f} |")
+    same = "the same" if out["same"] else "**not** the same"
+    lines += ["", f"Workload: chapter 00's prior chains ({out['n_samples']:,} samples of the 10- and 50-step chains, "
+              f"{out['stochastic_samples']:,} of the 100-step stochastic chain) on {out['cores']} cores. The default "
+              f"settings take {out['ratio']:.2f}× the wall time of the build's; the samples and every chain's class "
+              f"counts are {same} bit for bit."]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n-samples", type=int, default=1000, help="samples of the 10- and 50-step chains (≥ 10)")
     ap.add_argument("--stochastic-samples", type=int, default=500, help="samples of the stochastic chain (≥ 10)")
     ap.add_argument("--json", help="also write the figures to this file")
+    ap.add_argument("--markdown", help="also write the Performance page's table to this file")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     for name in ("n_samples", "stochastic_samples"):
@@ -78,11 +94,14 @@ def main(argv=None) -> int:
     same = a["samples_sha256"] == b["samples_sha256"] and a["class_counts"] == b["class_counts"]
     print(f"\nwall time, default / build settings: {a['wall_s'] / b['wall_s']:.2f}×; "
           f"same samples and class counts bit for bit: {same}")
+    out = {"rows": rows, "ratio": a["wall_s"] / b["wall_s"], "same": same, "n_samples": args.n_samples,
+           "stochastic_samples": args.stochastic_samples, "cores": os.cpu_count()}
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"rows": rows, "ratio": a["wall_s"] / b["wall_s"], "same": same,
-                       "n_samples": args.n_samples, "stochastic_samples": args.stochastic_samples,
-                       "cores": os.cpu_count()}, f, indent=2)
+            json.dump(out, f, indent=2)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(markdown(out))
     return 0 if same else 1
 
 

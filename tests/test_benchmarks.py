@@ -126,6 +126,20 @@ def test_committed_tables_are_what_the_scripts_make_of_the_committed_run():
         sw["rows"], real, run["label"], run["query_index"], run["n"], run["steps"], run["threads"])
     neu = json.loads((TABLES / "bench_neurons.json").read_text())
     assert (TABLES / "bench_neurons.md").read_text() == bn.markdown(neu)
+    bm = _script("bench_malloc")
+    mal = json.loads((TABLES / "bench_malloc.json").read_text())
+    assert (TABLES / "bench_malloc.md").read_text() == bm.markdown(mal)
+
+
+def test_bench_malloc_says_so_when_the_settings_changed_the_samples():
+    bm = _script("bench_malloc")
+    row = {"wall_s": 10.0, "user_s": 15.0, "sys_s": 4.0, "minor_faults": 1234567, "peak_rss_mb": 900.0}
+    out = {"rows": {"glibc default": row, "build": {**row, "wall_s": 5.0}}, "ratio": 2.0, "same": True,
+           "n_samples": 1000, "stochastic_samples": 500, "cores": 2}
+    md = bm.markdown(out)
+    assert "| glibc default | 10.0 | 15.0 | 4.0 | 1,234,567 | 900 |" in md and "2.00×" in md
+    assert "are the same bit for bit" in md
+    assert "are **not** the same bit for bit" in bm.markdown({**out, "same": False})
 
 
 # The structural constants the page's own prose may name (image and map sizes, the latent's
