@@ -11,11 +11,6 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 # Executed notebooks and their metrics/figures land in book/_generated; the book reads them.
 PYTEST_ARGS ?= -m "not slow and not gpu"
-# glibc keeps torch's large blocks in a heap it never trims instead of mapping and zero-filling them again
-# on every step (same results, bit for bit; MALLOC_ENV in equidiff/build.py, benchmarks/bench_malloc.py).
-# The build sets them for the notebook kernels itself; exported here for the tests and the trainings.
-export MALLOC_MMAP_MAX_ ?= 0
-export MALLOC_TRIM_THRESHOLD_ ?= 68719476736
 
 .PHONY: book test notebooks html venv clean models
 
